@@ -1,0 +1,9 @@
+"""Token and prompt constants shared with the original LLaVA code base."""
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN_INDEX = -200  # placeholder id that tokenizer_image_token puts where "<image>" stood
+DEFAULT_IMAGE_TOKEN = "<image>"
+DEFAULT_IMAGE_PATCH_TOKEN = "<im_patch>"
+DEFAULT_IM_START_TOKEN = "<im_start>"
+DEFAULT_IM_END_TOKEN = "<im_end>"
+IMAGE_PLACEHOLDER = "<image-placeholder>"

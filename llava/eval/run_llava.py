@@ -1,0 +1,74 @@
+"""Answer one query about one or more images:
+`python -m llava.eval.run_llava --model-path P --image-file F --query Q`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from llava.conversation import get_conv_template
+from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.model_args import add_model_args, load_from_args
+
+
+def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
+    """LLaVA's rule: `<image-placeholder>` marks where images go; without one, the image precedes the query."""
+    image_token = DEFAULT_IMAGE_TOKEN
+    if mm_use_im_start_end:
+        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    if IMAGE_PLACEHOLDER in query:
+        query = re.sub(IMAGE_PLACEHOLDER, image_token, query)
+    else:
+        query = image_token + "\n" + query
+    conv = get_conv_template(conv_mode)
+    conv.append_message(conv.roles[0], query)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def eval_model(args: argparse.Namespace, loaded=None) -> str:
+    tokenizer, model, image_processor, _ = loaded or load_from_args(args)
+    prompt = build_prompt(args.query, args.conv_mode, model.config.mm_use_im_start_end)
+    images = [load_image(f) for f in args.image_file.split(args.sep)]
+    pixels = process_images(images, image_processor, model.config).to(model.device, dtype=model.dtype)
+    input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
+    generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
+    output_ids = model.generate(
+        input_ids,
+        images=pixels,
+        image_sizes=[im.size for im in images],
+        do_sample=args.temperature > 0,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        generator=generator,
+    )
+    return tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_model_args(parser)
+    parser.add_argument("--image-file", type=str, required=True, help="path or http(s) URL; several joined by --sep")
+    parser.add_argument("--query", type=str, required=True)
+    parser.add_argument("--conv-mode", type=str, default="llava_v1")
+    parser.add_argument("--sep", type=str, default=",")
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    print(eval_model(args))
+
+
+if __name__ == "__main__":
+    main()

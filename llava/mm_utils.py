@@ -1,0 +1,92 @@
+"""Prompt tokenization with image placeholders, image loading and LLaVA's image preprocessing modes."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+
+def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors=None):
+    """Token ids of `prompt` with one `image_token_index` where each "<image>" stood.
+
+    Each text chunk is tokenized on its own (so each gets its own leading "▁"), the first chunk keeps its BOS and
+    the BOS of every later chunk is dropped, exactly as LLaVA does.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and chunks[0][0] == bos:
+        offset = 1
+        input_ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(chunk[offset:])
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"Unsupported tensor type: {return_tensors}")
+
+
+def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Pad `image` to a square of side max(W, H), centred, on `background_color`."""
+    width, height = image.size
+    if width == height:
+        return image
+    if width > height:
+        result = Image.new(image.mode, (width, width), background_color)
+        result.paste(image, (0, (width - height) // 2))
+        return result
+    result = Image.new(image.mode, (height, height), background_color)
+    result.paste(image, ((height - width) // 2, 0))
+    return result
+
+
+def process_images(images: list[Image.Image], image_processor, model_cfg) -> torch.Tensor:
+    """Images -> pixel tensor [N, 3, H, W]. `image_aspect_ratio == "pad"` squares each image on the processor's
+    mean colour first (LLaVA-1.5); anything else resizes and centre-crops."""
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "anyres":
+        raise NotImplementedError("image_aspect_ratio 'anyres' (LLaVA-1.6) preprocessing is not implemented yet")
+    if aspect == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        images = [expand2square(image, background) for image in images]
+    return image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
+
+
+def load_image(image_file: str | os.PathLike, timeout: float = 10.0) -> Image.Image:
+    """Open an image from a local path or an http(s) URL, as RGB, with errors that say what to do."""
+    image_file = str(image_file)
+    if image_file.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(image_file, timeout=timeout) as response:
+                data = response.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise ConnectionError(
+                f"Could not download {image_file} ({err}). If this machine is offline, download the image "
+                "elsewhere and pass its local path instead."
+            ) from err
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    path = Path(image_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}")
+    return Image.open(path).convert("RGB")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """The last path component, or `parent_checkpoint-N` for trainer checkpoints (LLaVA's convention)."""
+    parts = str(model_path).strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return parts[-2] + "_" + parts[-1]
+    return parts[-1]

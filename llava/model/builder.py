@@ -1,0 +1,265 @@
+"""load_pretrained_model(): a LLaVA checkpoint folder -> (tokenizer, model, image_processor, context_len).
+
+Both on-disk formats load into the same `LlavaLlamaForCausalLM`: original LLaVA folders (`config.json` with the
+`mm_*` fields, sharded `.bin` or safetensors, CLIP tower loaded separately from `mm_vision_tower`) and llava-hf
+folders (`LlavaForConditionalGeneration`, tower inside the checkpoint). The model is built on the meta device and
+the shards are assigned one at a time, so a 7B model never exists twice in memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from llava.model.checkpoint import iter_tensors, split_key, weight_files
+from llava.model.config import HF_FORMAT, LlavaConfig
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class VisionTowerNotFoundError(FileNotFoundError):
+    """The CLIP tower named by the checkpoint (or the override) is neither a local folder nor cached."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> float16 on CUDA (as LLaVA), float32 on CPU."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_attn_implementation(attn_implementation: str | None, use_flash_attn: bool, device: torch.device) -> str:
+    impl = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
+    if impl == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ImportError(
+                "attn_implementation='flash_attention_2' needs the flash-attn package: "
+                "pip install -e '.[flash]' on a CUDA machine, or use 'sdpa'"
+            )
+        if device.type != "cuda":
+            raise ValueError("flash_attention_2 runs only on CUDA devices; use 'sdpa' or 'eager' on CPU")
+    elif impl not in ("eager", "sdpa"):
+        raise ValueError(f"Unknown attn_implementation {impl!r}; use eager, sdpa or flash_attention_2")
+    return impl
+
+
+def load_tokenizer(folder: str | Path, text_config=None):
+    """The checkpoint's tokenizer (LLaMA SentencePiece or its tokenizers conversion); pad = unk as in LLaVA.
+
+    The text config is passed so that `AutoTokenizer` does not parse an original LLaVA config.json as
+    transformers' (differently shaped) llava config; the class then comes from tokenizer_config.json."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"No tokenizer in {folder}: expected {' or '.join(_TOKENIZER_FILES)} (with tokenizer_config.json). "
+            "Copy the tokenizer files of the checkpoint into this folder."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=text_config or LlamaConfig())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def _is_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith((".", "/"))
+
+
+def locate_vision_tower(name: str, source: str) -> Path:
+    """A local folder for the CLIP tower `name`: itself if it is a folder, else its Hugging Face cache snapshot
+    (downloading it only when the Hub is reachable and HF_HUB_OFFLINE is not set)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    how_to = (
+        "Download it (for LLaVA-1.5: `hf download openai/clip-vit-large-patch14-336 --local-dir DIR`) and pass "
+        "vision_tower=DIR (CLI: --vision-tower DIR)."
+    )
+    if not _is_hub_id(name):
+        raise VisionTowerNotFoundError(f"Vision tower {name!r} ({source}) is not a folder. {how_to}")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        if offline:
+            raise VisionTowerNotFoundError(
+                f"Vision tower {name!r} ({source}) is not in the Hugging Face cache and HF_HUB_OFFLINE is set. {how_to}"
+            ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+    except Exception as err:
+        raise VisionTowerNotFoundError(
+            f"Vision tower {name!r} ({source}) is neither a local folder nor cached, and downloading it failed "
+            f"({type(err).__name__}). {how_to}"
+        ) from None
+
+
+def _load_clip(folder: Path, dtype: torch.dtype, device: torch.device):
+    from transformers import CLIPVisionModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a full CLIPModel checkpoint reports its unused text tower
+    try:
+        return CLIPVisionModel.from_pretrained(str(folder), dtype=dtype).to(device)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None = None,
+    model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | None = "auto",
+    device: str | torch.device = "auto",
+    use_flash_attn: bool = False,
+    *,
+    dtype: str | torch.dtype | None = None,
+    vision_tower: str | None = None,
+    vision_dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    **kwargs,
+):
+    """Load a LLaVA checkpoint. Returns `(tokenizer, model, image_processor, context_len)` like LLaVA.
+
+    dtype: model dtype (default float16 on CUDA, float32 on CPU). vision_dtype: CLIP dtype (default float32, what
+    LLaVA HEAD and SparseVLM run; pass float16 to reproduce the LLaVA-1.5 paper's tower). vision_tower: a folder or
+    Hub id overriding config.json's `mm_vision_tower`. attn_implementation: eager, sdpa (default) or
+    flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of the same).
+    """
+    if load_8bit or load_4bit:
+        raise ValueError("8-bit / 4-bit loading is not supported; load in float16 or bfloat16 instead")
+    model_dir = Path(model_path).expanduser()
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"Model path {model_path!r} does not exist or is not a folder; check --model-path")
+    model_name = model_name or model_dir.name
+    if model_base is not None and "lora" in model_name.lower():
+        raise ValueError(
+            f"{model_name} is a LoRA checkpoint: merge it into its base model first (LLaVA's "
+            "scripts/merge_lora_weights.py) and load the merged folder"
+        )
+    target = resolve_device(device)
+    model_dtype = resolve_dtype(dtype, target)
+    tower_dtype = resolve_dtype(vision_dtype or torch.float32, target)
+    impl = resolve_attn_implementation(attn_implementation, use_flash_attn, target)
+
+    config = LlavaConfig.from_pretrained(model_dir)
+    base_dir = Path(model_base).expanduser() if model_base else model_dir
+    if model_base is not None and not base_dir.is_dir():
+        raise FileNotFoundError(f"Model base {model_base!r} does not exist or is not a folder; check --model-base")
+    tokenizer = load_tokenizer(base_dir, config.text_config)
+
+    with torch.device("meta"):
+        model = LlavaLlamaForCausalLM(config, attn_implementation=impl)
+    files = weight_files(base_dir)
+    if model_base is not None:  # projector-only checkpoint on top of a base language model
+        projector = model_dir / "mm_projector.bin"
+        if not projector.is_file():
+            raise FileNotFoundError(f"{model_dir} has no mm_projector.bin to put on top of {model_base}")
+        files = files + [projector]
+    tower_state = _assign_weights(model, config, files, model_dtype, target)
+    model.model.reset_rotary(config, target)
+
+    tower_dir = None
+    if config.checkpoint_format == HF_FORMAT:
+        from transformers import CLIPVisionModel
+
+        clip = CLIPVisionModel(config.vision_config).to(dtype=tower_dtype)
+        missing = set(clip.state_dict()) - set(tower_state)
+        if missing:
+            raise ValueError(f"The llava-hf checkpoint in {model_dir} lacks vision tower weights, e.g. {min(missing)}")
+        clip.load_state_dict(tower_state, strict=True)
+        clip = clip.to(target).eval()
+        image_processor = CLIPImagePreprocessor.from_pretrained(model_dir)
+    else:
+        name = vision_tower or config.mm_vision_tower
+        source = "vision_tower argument" if vision_tower else f"mm_vision_tower in {model_dir / 'config.json'}"
+        if not name:
+            raise VisionTowerNotFoundError(f"No vision tower: config.json has no mm_vision_tower ({model_dir})")
+        tower_dir = locate_vision_tower(name, source)
+        clip = _load_clip(tower_dir, tower_dtype, target).eval()
+        if tower_state and config.unfreeze_mm_vision_tower:  # LLaVA-1.6: the fine-tuned tower is in the checkpoint
+            clip.load_state_dict({k: v.to(tower_dtype) for k, v in tower_state.items()}, strict=False)
+        image_processor = CLIPImagePreprocessor.from_pretrained(tower_dir)
+    tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
+    tower.truncate_unused_layers()
+    tower.requires_grad_(False)
+    model.model.vision_tower = tower
+    model.eval().requires_grad_(False)
+    context_len = config.max_sequence_length or 2048
+    return tokenizer, model, image_processor, context_len
+
+
+def _assign_weights(
+    model: LlavaLlamaForCausalLM, config: LlavaConfig, files, dtype: torch.dtype, device: torch.device
+) -> dict:
+    """Move the shards' language-model tensors into `model` (built on meta); return the vision-tower tensors."""
+    expected = {k for k in model.state_dict() if not k.startswith("model.vision_tower.")}
+    params = dict(model.named_parameters())
+    tower: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    vocab_rows = config.vocab_size
+    for name, tensor in iter_tensors(files):
+        where = split_key(name, config.checkpoint_format)
+        if where is None:
+            continue
+        kind, key = where
+        if kind == "tower":
+            tower[key] = tensor
+            continue
+        if key not in expected:
+            logger.info("Ignoring checkpoint tensor %s", name)
+            continue
+        if key in ("model.embed_tokens.weight", "lm_head.weight") and tensor.shape[0] != vocab_rows:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows but config.json says vocab_size={vocab_rows}")
+        target = params[key]
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}")
+        module_name, _, attr = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        setattr(module, attr, torch.nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
+        seen.add(key)
+    missing = expected - seen
+    if missing:
+        raise ValueError(
+            f"The checkpoint is missing {len(missing)} weights of the language model / projector, e.g. "
+            f"{sorted(missing)[:3]}; the files may be incomplete or belong to another model"
+        )
+    return tower

@@ -1,0 +1,189 @@
+"""The checkpoint configuration of a LLaVA model, parsed from either on-disk format.
+
+Original LLaVA checkpoints say `model_type: "llava"` with Llama fields and `mm_*` fields at the top level, which
+transformers' `AutoConfig` would mistake for its own (differently shaped) `LlavaConfig`; so the JSON is read here.
+llava-hf checkpoints (`LlavaForConditionalGeneration`) nest `text_config` and `vision_config`; they are mapped to
+the same fields so one model class serves both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import CLIPVisionConfig, LlamaConfig
+
+CONFIG_FILE = "config.json"
+ORIGINAL_FORMAT = "original"
+HF_FORMAT = "llava-hf"
+
+# Fields of the original config.json that describe the Llama decoder.
+_LLAMA_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "attention_bias",
+    "mlp_bias",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "pretraining_tp",
+    "initializer_range",
+)
+
+
+class CheckpointConfigError(ValueError):
+    """config.json is missing or describes neither an original LLaVA nor a llava-hf checkpoint."""
+
+
+@dataclasses.dataclass
+class LlavaConfig:
+    """Everything the model needs to know about a checkpoint; attribute names follow LLaVA's config."""
+
+    text_config: LlamaConfig
+    mm_vision_tower: str | None = "openai/clip-vit-large-patch14-336"
+    mm_hidden_size: int = 1024
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    image_aspect_ratio: str = "pad"
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = False
+    mm_patch_merge_type: str = "flat"
+    image_grid_pinpoints: list | None = None
+    tokenizer_padding_side: str = "right"
+    tokenizer_model_max_length: int | None = None
+    max_sequence_length: int | None = None
+    unfreeze_mm_vision_tower: bool = False
+    checkpoint_format: str = ORIGINAL_FORMAT
+    # llava-hf only: the tower's config (it lives in the checkpoint) and the id of its image placeholder token.
+    vision_config: CLIPVisionConfig | None = None
+    image_token_index: int | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+    @property
+    def num_text_tokens(self) -> int:
+        """Rows of the vocabulary a LLaVA-1.5 model may emit: llava-hf checkpoints append `<image>`, `<pad>` and
+        padding rows (sampled at random by the converter) that the original 32000-token model never had."""
+        if self.checkpoint_format == HF_FORMAT and self.image_token_index is not None:
+            return min(self.image_token_index, self.vocab_size)
+        return self.vocab_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> LlavaConfig:
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointConfigError(
+                f"No {CONFIG_FILE} in {folder}. A LLaVA checkpoint folder holds config.json, the weight shards and "
+                "the tokenizer files; check --model-path."
+            )
+        raw = json.loads(path.read_text())
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LlavaConfig:
+        if "text_config" in raw and "vision_config" in raw:
+            return cls._from_hf(raw)
+        if "mm_vision_tower" in raw or "mm_hidden_size" in raw:
+            return cls._from_original(raw)
+        raise CheckpointConfigError(
+            f"{source} is neither an original LLaVA config (top-level `mm_vision_tower` / `mm_hidden_size`) nor a "
+            f"llava-hf config (`text_config` + `vision_config`); model_type={raw.get('model_type')!r}. "
+            "Point --model-path at a LLaVA-1.5 checkpoint folder."
+        )
+
+    @classmethod
+    def _from_original(cls, raw: dict[str, Any]) -> LlavaConfig:
+        # `rope_scaling: null` (LLaVA-1.5) means plain RoPE; passing it would trip a deprecation warning.
+        text = LlamaConfig(**{k: raw[k] for k in _LLAMA_FIELDS if k in raw and raw[k] is not None})
+        fields = {f.name for f in dataclasses.fields(cls)}
+        mm = {k: v for k, v in raw.items() if k in fields and k not in ("text_config", "vision_config", "raw")}
+        for key in ("mm_patch_merge_type", "tokenizer_padding_side"):  # absent in 1.5 configs means the default
+            if mm.get(key) is None:
+                mm.pop(key, None)
+        return cls(text_config=text, checkpoint_format=ORIGINAL_FORMAT, raw=raw, **mm)
+
+    @classmethod
+    def _from_hf(cls, raw: dict[str, Any]) -> LlavaConfig:
+        text_raw = {k: v for k, v in raw["text_config"].items() if k != "model_type"}
+        text = LlamaConfig(**text_raw)
+        vision_raw = {k: v for k, v in raw["vision_config"].items() if k != "model_type"}
+        vision = CLIPVisionConfig(**vision_raw)
+        act = raw.get("projector_hidden_act", "gelu")
+        if act != "gelu":
+            raise CheckpointConfigError(f"Unsupported llava-hf projector_hidden_act {act!r}; only 'gelu' is known.")
+        layer = raw.get("vision_feature_layer", -2)
+        if not isinstance(layer, int):
+            raise CheckpointConfigError(f"Unsupported vision_feature_layer {layer!r}: a single layer index is needed")
+        strategy = raw.get("vision_feature_select_strategy", "default")
+        return cls(
+            text_config=text,
+            mm_vision_tower=None,
+            mm_hidden_size=vision.hidden_size,
+            mm_projector_type="mlp2x_gelu",
+            mm_vision_select_layer=layer,
+            mm_vision_select_feature="patch" if strategy == "default" else "cls_patch",
+            image_aspect_ratio="pad",
+            checkpoint_format=HF_FORMAT,
+            vision_config=vision,
+            image_token_index=raw.get("image_token_index", raw.get("image_token_id")),
+            raw=raw,
+        )
+
+    def to_original_dict(self) -> dict[str, Any]:
+        """config.json of the original LLaVA format (used to write checkpoints)."""
+        text = self.text_config
+        out = {
+            "architectures": ["LlavaLlamaForCausalLM"],
+            "model_type": "llava",
+            "hidden_size": text.hidden_size,
+            "intermediate_size": text.intermediate_size,
+            "num_hidden_layers": text.num_hidden_layers,
+            "num_attention_heads": text.num_attention_heads,
+            "num_key_value_heads": text.num_key_value_heads,
+            "hidden_act": text.hidden_act,
+            "rms_norm_eps": text.rms_norm_eps,
+            "max_position_embeddings": text.max_position_embeddings,
+            "rope_scaling": None,
+            "rope_theta": text.rope_parameters["rope_theta"],
+            "vocab_size": text.vocab_size,
+            "tie_word_embeddings": False,
+            "bos_token_id": text.bos_token_id,
+            "eos_token_id": text.eos_token_id,
+            "pad_token_id": text.pad_token_id,
+            "pretraining_tp": 1,
+            "torch_dtype": "float16",
+            "use_cache": True,
+        }
+        for f in dataclasses.fields(self):
+            if f.name.startswith(("mm_", "image_aspect", "unfreeze")):
+                out[f.name] = getattr(self, f.name)
+        out["use_mm_proj"] = True
+        out["freeze_mm_mlp_adapter"] = False
+        out["tune_mm_mlp_adapter"] = False
+        return out

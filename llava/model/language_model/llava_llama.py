@@ -1,0 +1,144 @@
+"""LlavaLlamaForCausalLM: a Llama decoder (transformers' layers, our loop) with a CLIP tower and projector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+
+from llava.model.config import LlavaConfig
+from llava.model.language_model.decoder import DecoderCache, DecoderLoop, SequenceState
+from llava.model.llava_arch import MultimodalInputs, encode_images, splice_image_features
+from llava.model.multimodal_projector.builder import build_vision_projector
+
+
+class LlavaLlamaModel(nn.Module):
+    """Holds the modules under the original checkpoint's `model.` prefix: `embed_tokens`, `layers`, `norm`,
+    `mm_projector` (and, attached by the loader, `vision_tower`, which 1.5 checkpoints do not contain)."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__()
+        text = config.text_config
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, text.pad_token_id)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(text, i) for i in range(text.num_hidden_layers))
+        self.norm = LlamaRMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(text)
+        self.mm_projector = build_vision_projector(config.mm_projector_type, config.mm_hidden_size, text.hidden_size)
+        self.vision_tower = None
+
+    def reset_rotary(self, config: LlavaConfig, device: torch.device | str) -> None:
+        """Rebuild the (non-persistent) rotary table, e.g. after the model was created on the meta device."""
+        with torch.device(device):
+            self.rotary_emb = LlamaRotaryEmbedding(config.text_config)
+
+
+@dataclasses.dataclass
+class PrefillOutput:
+    hidden_states: torch.Tensor  # final-norm hidden states [B, L, D]
+    inputs: MultimodalInputs
+    cache: DecoderCache | None
+
+
+class LlavaLlamaForCausalLM(nn.Module):
+    """LLaVA-1.5 for inference. `forward` gives prefill logits; `generate` decodes with a KV cache."""
+
+    def __init__(self, config: LlavaConfig, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlavaLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.set_attn_implementation(attn_implementation)
+
+    # -- LLaVA-compatible accessors ---------------------------------------------------------------------------
+    def get_model(self) -> LlavaLlamaModel:
+        return self.model
+
+    def get_vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.config.text_config._attn_implementation
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """eager, sdpa or flash_attention_2; read by every Llama attention layer at call time."""
+        DecoderLoop(self.model, attn_implementation)  # validates the name
+        self.config.text_config._attn_implementation = attn_implementation
+
+    # -- building blocks ----------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model.vision_tower is None:
+            raise RuntimeError("This model has no vision tower loaded; load it with load_pretrained_model()")
+        return encode_images(self.model.vision_tower, self.model.mm_projector, images)
+
+    def prepare_inputs(
+        self,
+        input_ids: torch.Tensor | list[torch.Tensor],
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> MultimodalInputs:
+        features = None
+        if images is not None:
+            if isinstance(images, list):
+                images = torch.stack(images) if images[0].dim() == 3 else torch.cat(images)
+            features = self.encode_images(images.to(self.device))
+        if isinstance(input_ids, torch.Tensor):
+            input_ids = input_ids.to(self.device)
+            if input_ids.dim() == 1:
+                input_ids = input_ids[None]
+        else:
+            input_ids = [ids.to(self.device) for ids in input_ids]
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        return splice_image_features(
+            input_ids, attention_mask, features, self.model.embed_tokens, self.config.tokenizer_model_max_length
+        )
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor | list[torch.Tensor],
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> PrefillOutput:
+        inputs = self.prepare_inputs(input_ids, images, attention_mask)
+        state = SequenceState(inputs.inputs_embeds, inputs.position_ids, inputs.token_mask, inputs.has_padding)
+        cache = DecoderCache() if use_cache else None
+        hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache)
+        return PrefillOutput(hidden, inputs, cache)
+
+    def decode_step(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Logits [B, V] for one new token per sample, appended to `cache`."""
+        embeds = self.model.embed_tokens(token_ids[:, None])
+        mask = torch.ones_like(token_ids, dtype=torch.bool)[:, None]
+        state = SequenceState(embeds, torch.zeros_like(token_ids)[:, None], mask, False)
+        hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache)
+        return self.lm_head(hidden[:, -1]).float()
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor | list[torch.Tensor],
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_sizes=None,
+    ) -> torch.Tensor:
+        """Logits [B, L, V] over the spliced, left-padded prefill sequence (no cache)."""
+        out = self.prefill(input_ids, images, attention_mask, use_cache=False)
+        return self.lm_head(out.hidden_states).float()
+
+    def generate(self, input_ids, images=None, **kwargs) -> torch.Tensor:
+        """New token ids [B, T] (prompt excluded, padded with the pad id after EOS); see `generation.generate`."""
+        from llava.model.language_model.generation import generate
+
+        return generate(self, input_ids, images=images, **kwargs)

@@ -1,0 +1,53 @@
+"""Command-line flags shared by every entry point that loads a model, and the call that applies them."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", type=str, required=True, help="checkpoint folder (original or llava-hf)")
+    parser.add_argument("--model-base", type=str, default=None, help="base LLM folder for projector-only checkpoints")
+    parser.add_argument(
+        "--vision-tower",
+        type=str,
+        default=None,
+        help="CLIP tower folder or Hub id, overriding mm_vision_tower in config.json",
+    )
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype",
+        type=str,
+        default=None,
+        help="model dtype: float16 / bfloat16 / float32 (default: float16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--vision-dtype",
+        type=str,
+        default=None,
+        help="CLIP dtype (default float32 like LLaVA HEAD; float16 reproduces the 1.5 paper)",
+    )
+    parser.add_argument("--attn-implementation", type=str, default=None, choices=["eager", "sdpa", "flash_attention_2"])
+    parser.add_argument("--use-flash-attn", action="store_true", help="same as --attn-implementation flash_attention_2")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+
+
+def load_from_args(args: argparse.Namespace):
+    """(tokenizer, model, image_processor, context_len) for the flags of `add_model_args`."""
+    from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(
+        args.model_path,
+        args.model_base,
+        get_model_name_from_path(args.model_path),
+        load_8bit=args.load_8bit,
+        load_4bit=args.load_4bit,
+        device=args.device,
+        use_flash_attn=args.use_flash_attn,
+        dtype=args.dtype,
+        vision_tower=args.vision_tower,
+        vision_dtype=args.vision_dtype,
+        attn_implementation=args.attn_implementation,
+    )

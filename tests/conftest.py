@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random checkpoints written once per test session in the real on-disk formats."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from llava.testing import convert_to_llava_hf, write_tiny_clip, write_tiny_llava
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_root) -> Path:
+    return write_tiny_clip(tiny_root / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tiny_root, tiny_clip) -> Path:
+    """Original format, two safetensors shards."""
+    return write_tiny_llava(tiny_root / "llava-v1.5-tiny", tiny_clip)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_bin(tiny_root, tiny_clip) -> Path:
+    """Original format, two .bin shards carrying the stray rotary inv_freq buffers (same seed, same weights)."""
+    return write_tiny_llava(tiny_root / "llava-v1.5-tiny-bin", tiny_clip, safetensors=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_hf(tiny_root, tiny_llava) -> Path:
+    return convert_to_llava_hf(tiny_llava, tiny_root / "llava-1.5-tiny-hf")
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_llava):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_llava), device="cpu")
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """Copy a checkpoint folder so that a test may damage it."""
+
+    def _copy(folder: Path) -> Path:
+        return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+    return _copy
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
