@@ -21,6 +21,7 @@ class MultimodalInputs:
     token_mask: torch.Tensor  # [B, L] bool, False on padding
     position_ids: torch.Tensor  # [B, L], 0 at each sample's first real token
     image_spans: list[list[tuple[int, int]]]  # per sample: (start, length) of each image in padded coordinates
+    lengths: list[int]  # per sample: real (unpadded) length
     has_padding: bool
 
 
@@ -99,4 +100,4 @@ def splice_image_features(
         position_ids[b, pad:] = torch.arange(len(seq), device=first.device)
         spans[b] = [(start + pad, min(n, len(seq) - start)) for start, n in spans[b] if start < len(seq)]
     has_padding = any(len(seq) != longest for seq in sequences)
-    return MultimodalInputs(embeds, token_mask, position_ids, spans, has_padding)
+    return MultimodalInputs(embeds, token_mask, position_ids, spans, [len(seq) for seq in sequences], has_padding)

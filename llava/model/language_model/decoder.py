@@ -92,25 +92,27 @@ class DecoderLoop:
         self.text_model = text_model
         self.attn_implementation = attn_implementation
 
-    def run(self, state: SequenceState, cache: DecoderCache | None) -> torch.Tensor:
-        """Prefill (cache empty or None) or one decode step; returns the final-norm hidden states [B, L, D]."""
+    def run(self, state: SequenceState, cache: DecoderCache | None, plan=None) -> torch.Tensor:
+        """Prefill (cache empty or None) or one decode step; returns the final-norm hidden states [B, L, D].
+
+        `plan` (a `llava.sparse.engine.PrefillPlan`, prefill only) is told when each layer starts and ends; it may
+        ask for attention rows of a layer and hand back a shorter sequence after it."""
         layers = self.text_model.layers
         decoding = cache is not None and len(cache.key_mask) == len(layers)
         if cache is not None and not decoding:
             cache.key_mask = [None] * len(layers)
             cache.next_position = [None] * len(layers)
-            cache.has_padding = state.has_padding
-        has_padding = cache.has_padding if decoding else state.has_padding
+            cache.has_padding = False
         hidden = state.hidden_states
         # Layers that see the same keys and positions share one mask, one rotary table and one cache entry; the
-        # memo is keyed by the identity of the tensor they share.
-        memo: dict[tuple, object] = {}
+        # memo is keyed by the identity of the tensor they share, and holds that tensor so its id stays unique.
+        memo: dict[tuple, tuple[torch.Tensor, object]] = {}
 
         def shared(kind: str, source: torch.Tensor, make, *args):
             key = (kind, id(source))
             if key not in memo:
-                memo[key] = make(*args)
-            return memo[key]
+                memo[key] = (source, make(*args))
+            return memo[key][1]
 
         for idx, layer in enumerate(layers):
             if decoding:
@@ -119,6 +121,9 @@ class DecoderLoop:
                 positions = shared("positions", past_position, torch.unsqueeze, past_position, 1)
             else:
                 key_mask, positions = state.token_mask, state.position_ids
+                if cache is not None:
+                    cache.has_padding |= state.has_padding
+            has_padding = cache.has_padding if decoding else state.has_padding
             mask = shared(
                 "mask",
                 key_mask,
@@ -130,6 +135,8 @@ class DecoderLoop:
                 hidden.dtype,
             )
             position_embeddings = shared("rotary", positions, self.text_model.rotary_emb, hidden, positions)
+            request = plan.enter_layer(idx, state) if plan is not None else None
+            extra = {} if request is None else {"rows_request": request}
             hidden = layer(
                 hidden,
                 attention_mask=mask,
@@ -137,10 +144,14 @@ class DecoderLoop:
                 past_key_values=None if cache is None else cache.kv,
                 use_cache=cache is not None,
                 position_embeddings=position_embeddings,
+                **extra,
             )
             if cache is not None:
                 cache.key_mask[idx] = key_mask
                 cache.next_position[idx] = shared("next", positions, next_positions, positions, state)
+            if plan is not None:
+                state = plan.leave_layer(idx, dataclasses.replace(state, hidden_states=hidden), request)
+                hidden = state.hidden_states
         return self.text_model.norm(hidden)
 
 

@@ -60,6 +60,9 @@ def generate(
     if streamer is not None:
         streamer.put(input_ids if isinstance(input_ids, torch.Tensor) else input_ids[0])
 
+    from llava.sparse.accounting import Timer
+
+    total = Timer(model.device).__enter__()
     prefill = model.prefill(input_ids, images, attention_mask, use_cache=True)
     logits = model.lm_head(prefill.hidden_states[:, -1]).float()
     batch = logits.shape[0]
@@ -82,4 +85,8 @@ def generate(
         logits = model.decode_step(next_tokens, prefill.cache)
     if streamer is not None:
         streamer.end()
+    total.__exit__(None, None, None)
+    for account in prefill.accounts:
+        account.total_ms = total.ms
+    model.last_accounts = prefill.accounts
     return torch.stack(tokens, dim=1)

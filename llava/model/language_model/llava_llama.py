@@ -9,9 +9,12 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from llava.model.config import LlavaConfig
-from llava.model.language_model.decoder import DecoderCache, DecoderLoop, SequenceState
+from llava.model.language_model.decoder import ATTN_IMPLEMENTATIONS, DecoderCache, DecoderLoop, SequenceState
 from llava.model.llava_arch import MultimodalInputs, encode_images, splice_image_features
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.sparse.accounting import SampleAccount, Timer
+from llava.sparse.attention_rows import wrapped_name
+from llava.sparse.engine import PruningMethod, layouts_from_spans
 
 
 class LlavaLlamaModel(nn.Module):
@@ -39,6 +42,7 @@ class PrefillOutput:
     hidden_states: torch.Tensor  # final-norm hidden states [B, L, D]
     inputs: MultimodalInputs
     cache: DecoderCache | None
+    accounts: list[SampleAccount]
 
 
 class LlavaLlamaForCausalLM(nn.Module):
@@ -50,6 +54,8 @@ class LlavaLlamaForCausalLM(nn.Module):
         self.model = LlavaLlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.set_attn_implementation(attn_implementation)
+        self.pruning = PruningMethod()
+        self.last_accounts: list[SampleAccount] = []  # efficiency accounting of the last generate() call
 
     # -- LLaVA-compatible accessors ---------------------------------------------------------------------------
     def get_model(self) -> LlavaLlamaModel:
@@ -68,12 +74,19 @@ class LlavaLlamaForCausalLM(nn.Module):
 
     @property
     def attn_implementation(self) -> str:
-        return self.config.text_config._attn_implementation
+        return self._attn_implementation
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
-        """eager, sdpa or flash_attention_2; read by every Llama attention layer at call time."""
-        DecoderLoop(self.model, attn_implementation)  # validates the name
-        self.config.text_config._attn_implementation = attn_implementation
+        """eager, sdpa or flash_attention_2. The Llama layers call the stock kernel through a registered wrapper
+        that can also hand attention rows to pruning methods (`llava.sparse.attention_rows`)."""
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+        self._attn_implementation = attn_implementation
+        self.config.text_config._attn_implementation = wrapped_name(attn_implementation)
+
+    def set_pruning(self, method: PruningMethod | None) -> None:
+        """The visual-token pruning method used by every following prefill (None: no pruning)."""
+        self.pruning = method or PruningMethod()
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -113,9 +126,14 @@ class LlavaLlamaForCausalLM(nn.Module):
     ) -> PrefillOutput:
         inputs = self.prepare_inputs(input_ids, images, attention_mask)
         state = SequenceState(inputs.inputs_embeds, inputs.position_ids, inputs.token_mask, inputs.has_padding)
+        layouts = layouts_from_spans(inputs.image_spans, inputs.lengths, inputs.inputs_embeds.shape[1])
+        plan = self.pruning.plan(layouts, self, inputs)
         cache = DecoderCache() if use_cache else None
-        hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache)
-        return PrefillOutput(hidden, inputs, cache)
+        with Timer(self.device) as timer:
+            hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache, plan)
+        for account in plan.accounts:
+            account.prefill_ms = timer.ms
+        return PrefillOutput(hidden, inputs, cache, plan.accounts)
 
     def decode_step(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits [B, V] for one new token per sample, appended to `cache`."""

@@ -1,0 +1,1 @@
+"""Visual-token pruning methods and the machinery they share (row scores, sequence surgery, accounting)."""

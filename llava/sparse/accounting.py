@@ -1,0 +1,115 @@
+"""Per-sample efficiency accounting of a prefill: visual tokens per layer, equal tokens, FLOPs, time, KV cache.
+
+Conventions (stated because the field mixes them up):
+- equal tokens, "reference": mean over decoder layers of the visual tokens each layer *outputs* (SparseVLM's log,
+  192.03 for its 192 schedule); "input": of the visual tokens each layer *receives* (SparseVLM issue #35).
+- decoder FLOPs: sum over layers of 4nd^2 + 2n^2d + 3ndm with n the whole sequence entering the layer (multiply-
+  accumulates, FastV/SparseVLM convention, three FFN matrices); the pruning method's own work (scores, ranks,
+  clustering) is counted apart, as `method_flops`. Vision tower, projector and lm_head are not included.
+- times: decoder prefill (layers only) and whole generation, per batch (every sample of a batch shows its batch's
+  time); CUDA events on GPU, perf_counter on CPU.
+- KV cache: bytes of the keys and values this sample's real tokens occupy across all layers after prefill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+@dataclasses.dataclass
+class SampleAccount:
+    num_visual: int
+    visual_after_layer: list[int] = dataclasses.field(default_factory=list)
+    tokens_into_layer: list[int] = dataclasses.field(default_factory=list)
+    method_flops: float = 0.0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    kv_bytes_per_token_layer: int = 0
+    prefill_ms: float | None = None
+    total_ms: float | None = None
+
+    def equal_tokens(self, convention: str = "reference") -> float:
+        from llava.model.language_model.score import equal_tokens
+
+        if not self.visual_after_layer:
+            return float(self.num_visual)
+        return equal_tokens(self.visual_after_layer, self.num_visual, convention)
+
+    @property
+    def decoder_flops(self) -> float:
+        d, m = self.hidden_size, self.intermediate_size
+        return float(sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in self.tokens_into_layer))
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Keys and values of the real tokens each layer keeps, over all layers (prefill)."""
+        return sum(self.tokens_into_layer) * self.kv_bytes_per_token_layer
+
+    def visual_schedule(self) -> list[int]:
+        """Visual token count at the start and after every layer where it changed."""
+        out = [self.num_visual]
+        for count in self.visual_after_layer:
+            if count != out[-1]:
+                out.append(count)
+        return out
+
+    def as_metadata(self) -> dict:
+        return {
+            "visual_tokens": self.num_visual,
+            "visual_tokens_per_layer": list(self.visual_after_layer),
+            "equal_tokens": round(self.equal_tokens("reference"), 4),
+            "equal_tokens_input": round(self.equal_tokens("input"), 4),
+            "decoder_tflops": round(self.decoder_flops * 1e-12, 6),
+            "method_tflops": round(self.method_flops * 1e-12, 6),
+            "prefill_ms": None if self.prefill_ms is None else round(self.prefill_ms, 3),
+            "total_ms": None if self.total_ms is None else round(self.total_ms, 3),
+            "kv_cache_mb": round(self.kv_cache_bytes / 2**20, 3),
+        }
+
+    def line(self, color: bool = False) -> str:
+        def ms(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        text = (
+            f"[Efficiency INFO] Equal Tokens: {self.equal_tokens():.2f} (input-count {self.equal_tokens('input'):.2f}), "
+            f"Visual Tokens: {' -> '.join(map(str, self.visual_schedule()))}, "
+            f"TFLOPs: {self.decoder_flops * 1e-12:.4f} (+{self.method_flops * 1e-12:.4f} method), "
+            f"Prefill Time (ms): {ms(self.prefill_ms)}, Total Time (ms): {ms(self.total_ms)}, "
+            f"KV Cache (MB): {self.kv_cache_bytes / 2**20:.2f}"
+        )
+        return f"{GREEN}{text}{RESET}" if color else text
+
+
+class Timer:
+    """Wall time of a region: CUDA events on a CUDA device (no sync until read), perf_counter otherwise."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def __enter__(self) -> Timer:
+        if self.cuda:
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self._end.record()
+        else:
+            self._elapsed = (time.perf_counter() - self._t0) * 1e3
+
+    @property
+    def ms(self) -> float:
+        if self.cuda:
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end)
+        return self._elapsed

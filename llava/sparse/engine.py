@@ -1,0 +1,171 @@
+"""The pruning engine: per-prefill bookkeeping that every method shares.
+
+A method answers where it acts (after which decoder layers), how it scores visual tokens (which attention rows it
+asks for) and what it does with the rest (drop, or recycle into merged tokens). The engine owns everything else:
+where each sample's image sits as the sequence shrinks, rebuilding hidden states / positions / padding after a
+pruning event for a batch whose samples keep different counts, and the accounting.
+
+Layouts are kept in plain ints on the host, so selecting and gathering costs no device syncs beyond the methods'
+own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from llava.model.language_model.decoder import SequenceState
+from llava.sparse.accounting import SampleAccount
+from llava.sparse.attention_rows import RowsRequest
+
+
+@dataclasses.dataclass
+class VisualLayout:
+    """One sample's unpadded sequence: `prefix` tokens, then `visual` image tokens, then `suffix` text tokens."""
+
+    prefix: int
+    visual: int
+    suffix: int
+
+    @property
+    def length(self) -> int:
+        return self.prefix + self.visual + self.suffix
+
+    def visual_start(self, padded_length: int) -> int:
+        """Index of the first visual token in a left-padded row of `padded_length`."""
+        return padded_length - self.length + self.prefix
+
+
+def layouts_from_spans(image_spans: list[list[tuple[int, int]]], lengths: list[int], padded: int) -> list[VisualLayout]:
+    """Layouts from the splice's image spans; a sample must hold at most one image for in-LLM pruning."""
+    layouts = []
+    for spans, length in zip(image_spans, lengths, strict=True):
+        if len(spans) > 1:
+            raise ValueError(
+                "Visual-token pruning handles one image per sample; this prompt holds "
+                f"{len(spans)} <image> placeholders. Use one image, or --method none."
+            )
+        if not spans:
+            layouts.append(VisualLayout(length, 0, 0))
+            continue
+        start, count = spans[0]
+        prefix = start - (padded - length)
+        layouts.append(VisualLayout(prefix, count, length - prefix - count))
+    return layouts
+
+
+class PrefillPlan:
+    """What happens during one prefill. The base plan prunes nothing and only accounts; methods subclass it and
+    override `rows_request` (ask for attention rows before a layer) and `prune` (after it)."""
+
+    def __init__(self, layouts: list[VisualLayout], num_layers: int, text_config, dtype: torch.dtype) -> None:
+        self.layouts = layouts
+        self.num_layers = num_layers
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        bytes_per = 2 * text_config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+        self.accounts = [
+            SampleAccount(
+                num_visual=layout.visual,
+                hidden_size=text_config.hidden_size,
+                intermediate_size=text_config.intermediate_size,
+                kv_bytes_per_token_layer=bytes_per,
+            )
+            for layout in layouts
+        ]
+
+    # -- hooks the decoder loop calls ------------------------------------------------------------------------------
+    def enter_layer(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
+        for account, layout in zip(self.accounts, self.layouts, strict=True):
+            account.tokens_into_layer.append(layout.length)
+        return self.rows_request(layer_idx, state)
+
+    def leave_layer(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
+        state = self.prune(layer_idx, state, request)
+        for account, layout in zip(self.accounts, self.layouts, strict=True):
+            account.visual_after_layer.append(layout.visual)
+        return state
+
+    # -- what methods override -------------------------------------------------------------------------------------
+    def rows_request(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
+        return None
+
+    def prune(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
+        return state
+
+    # -- tools for methods -------------------------------------------------------------------------------------------
+    def make_rows_request(self, rows: list[torch.Tensor], state: SequenceState) -> RowsRequest:
+        """A request for per-sample query rows given in unpadded coordinates (empty tensors allowed)."""
+        device = state.hidden_states.device
+        padded = state.hidden_states.shape[1]
+        width = max(1, max(len(r) for r in rows))
+        index = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+        for b, (r, layout) in enumerate(zip(rows, self.layouts, strict=True)):
+            offset = padded - layout.length
+            index[b] = offset + (r[-1] if len(r) else layout.length - 1)  # padding rows repeat a valid row
+            index[b, : len(r)] = offset + r
+            mask[b, : len(r)] = True
+        return RowsRequest(rows=index, row_mask=mask, key_mask=state.token_mask)
+
+    def rebuild(
+        self,
+        state: SequenceState,
+        keep: list[torch.Tensor | None],
+        merged: list[torch.Tensor | None] | None = None,
+        renumber_positions: bool = False,
+    ) -> SequenceState:
+        """Drop visual tokens: per sample, keep the visual tokens at the (sorted) indices `keep[b]` (None = keep
+        all), append `merged[b]` hidden states right after them, and left-pad the batch again. Positions are the
+        kept tokens' original ids, or renumbered 0..n-1 (SparseVLM v1.x, required with merged tokens)."""
+        hidden, positions = state.hidden_states, state.position_ids
+        padded, device = hidden.shape[1], hidden.device
+        merged = merged or [None] * len(keep)
+        rows_h, rows_p, new_layouts = [], [], []
+        for b, layout in enumerate(self.layouts):
+            start = layout.visual_start(padded)
+            kept = keep[b]
+            if kept is None:
+                kept = torch.arange(layout.visual, device=device)
+            index = torch.cat([
+                torch.arange(start - layout.prefix, start, device=device),
+                start + kept,
+                torch.arange(start + layout.visual, padded, device=device),
+            ])
+            h, p = hidden[b, index], positions[b, index]
+            extra = merged[b]
+            n_extra = 0 if extra is None else len(extra)
+            if n_extra:
+                if not renumber_positions:
+                    raise ValueError("merged tokens need renumbered positions (they have no original position)")
+                cut = layout.prefix + len(kept)
+                h = torch.cat([h[:cut], extra.to(h.dtype), h[cut:]])
+            if renumber_positions:
+                p = torch.arange(len(h), device=device)
+            rows_h.append(h)
+            rows_p.append(p)
+            new_layouts.append(VisualLayout(layout.prefix, len(kept) + n_extra, layout.suffix))
+        self.layouts = new_layouts
+        longest = max(len(h) for h in rows_h)
+        new_hidden = hidden.new_zeros((len(rows_h), longest, hidden.shape[-1]))
+        new_positions = positions.new_zeros((len(rows_h), longest))
+        token_mask = torch.zeros((len(rows_h), longest), dtype=torch.bool, device=device)
+        for b, (h, p) in enumerate(zip(rows_h, rows_p, strict=True)):
+            new_hidden[b, longest - len(h) :] = h
+            new_positions[b, longest - len(h) :] = p
+            token_mask[b, longest - len(h) :] = True
+        has_padding = any(len(h) != longest for h in rows_h)
+        return SequenceState(new_hidden, new_positions, token_mask, has_padding)
+
+
+class PruningMethod:
+    """A configured method; `plan` makes the per-prefill object. The base method is `none`: no pruning."""
+
+    name = "none"
+
+    def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
+        """The per-prefill object; `inputs` is the spliced `MultimodalInputs` (methods read embeddings there)."""
+        return PrefillPlan(layouts, model.config.num_hidden_layers, model.config.text_config, model.dtype)
+
+    def describe(self) -> str:
+        return self.name

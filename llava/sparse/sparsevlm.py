@@ -1,0 +1,184 @@
+"""SparseVLM (v1.0 rank-adaptive, v1.5 / USE_VERSION=1_0 schedules with recycling) and SparseVLM+ (2_0).
+
+Text raters (spec 1.1) are picked once per prefill from the layer-0 embeddings; at each pruning layer the engine
+hands us the raters' attention rows (softmax over all keys, post-RoPE, from inside that layer's attention call),
+from which every visual token gets a score (1.2); the top ones stay, and for v1.x the best of the rest are
+recycled into merged tokens (1.3). Reference quirks reproduced on purpose are marked "quirk".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llava.model.language_model import score as budgets
+from llava.model.language_model.decoder import SequenceState
+from llava.sparse.attention_rows import RowsRequest
+from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
+from llava.sparse.recycling import recycle
+
+PRIORITY_HEADS = 14  # SparseVLM+ keeps the 14 heads with the most rater-to-visual mass (hard-coded in the reference)
+
+
+def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Indices (into `text`) of the text raters: softmax over text of the raw visual.text dot products, averaged
+    over visual tokens; raters score strictly above the mean (quirk: no 1/sqrt(d), strict >, template tokens
+    included). Computed in float32 (the reference's fp16 product can overflow)."""
+    relation = (visual.float() @ text.float().T).softmax(dim=-1).mean(dim=0)  # [T]
+    return torch.nonzero(relation > relation.mean()).flatten()
+
+
+def gravity_table(inv_freq: torch.Tensor, max_distance: int, attention_scaling: float = 1.0) -> torch.Tensor:
+    """SparseVLM+'s RoPE "attention gravity" R(i, j) = q1.k1 / sqrt(d) for all-ones q, k rotated to positions i, j.
+    For rotate-half RoPE it depends only on the distance i - j: (2 / sqrt(d)) * sum_a cos((i - j) * theta_a), so
+    one table indexed by distance replaces the reference's [heads, L, L] product."""
+    head_dim = 2 * inv_freq.numel()
+    distance = torch.arange(max_distance + 1, dtype=torch.float64, device=inv_freq.device)
+    angles = distance[:, None] * inv_freq.double()[None, :]
+    return (2 * attention_scaling**2 * angles.cos().sum(dim=-1) / head_dim**0.5).float()
+
+
+class SparseVLM(PruningMethod):
+    """version "1_0" (default; = v1.5), "2_0" (SparseVLM+), or "v1.0" with `scale` / `bias` (rank-adaptive)."""
+
+    name = "sparsevlm"
+
+    def __init__(
+        self,
+        version: str = "1_0",
+        retained_tokens: int = 192,
+        scale: float = 13.5,
+        bias: float = 0.0,
+        priority_heads: int = PRIORITY_HEADS,
+        seed: int | None = 0,
+    ) -> None:
+        if version not in ("v1.0", *budgets.VERSIONS):
+            raise ValueError(f"Unknown SparseVLM version {version!r}: use v1.0, 1_0 or 2_0")
+        self.version = version
+        self.retained_tokens = retained_tokens
+        self.scale, self.bias = scale, bias
+        self.priority_heads = priority_heads
+        self.seed = seed
+        self.recycling = version != "2_0"
+        self.renumber_positions = version != "2_0"  # quirk (v1.x): positions truncated to 0..n-1 after pruning
+        self.layers = budgets.V1_0_LAYERS if version == "v1.0" else budgets.PRUNING_LAYERS
+
+    def describe(self) -> str:
+        if self.version == "v1.0":
+            return f"sparsevlm v1.0 (rank, scale={self.scale}, bias={self.bias})"
+        return f"sparsevlm {self.version} RETAIN_TOKN={self.retained_tokens}"
+
+    def schedule(self, num_visual: int, num_layers: int) -> tuple[int, ...] | None:
+        if self.version == "v1.0":
+            if num_layers <= max(self.layers):
+                raise ValueError(f"SparseVLM v1.0 prunes after layers {self.layers}; the model has {num_layers} layers")
+            return None
+        return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
+
+    def validate(self, model) -> None:
+        """Raise now (at model build time) if this budget cannot run on `model`."""
+        self.schedule(model.get_vision_tower().num_patches, model.config.num_hidden_layers)
+
+    def plan(self, layouts: list[VisualLayout], model, inputs) -> SparseVLMPlan:
+        return SparseVLMPlan(self, layouts, model, inputs)
+
+
+class SparseVLMPlan(PrefillPlan):
+    def __init__(self, method: SparseVLM, layouts: list[VisualLayout], model, inputs) -> None:
+        text = model.config.text_config
+        super().__init__(layouts, text.num_hidden_layers, text, model.dtype)
+        self.method = method
+        self.model = model
+        self.stage = {layer: i for i, layer in enumerate(method.layers)}
+        self.schedules = {
+            v: method.schedule(v, text.num_hidden_layers) for v in {lay.visual for lay in layouts if lay.visual}
+        }
+        # Raters, once per prefill, from the layer-0 inputs; stored relative to the text suffix start.
+        embeds, padded = inputs.inputs_embeds, inputs.inputs_embeds.shape[1]
+        self.raters: list[torch.Tensor] = []
+        for b, layout in enumerate(layouts):
+            if layout.visual == 0:
+                self.raters.append(torch.zeros(0, dtype=torch.long, device=embeds.device))
+                continue
+            start = layout.visual_start(padded)
+            visual = embeds[b, start : start + layout.visual]
+            suffix = embeds[b, start + layout.visual : padded]
+            self.raters.append(select_raters(visual, suffix))
+            self.accounts[b].method_flops += 2.0 * layout.visual * layout.suffix * text.hidden_size
+
+    def rows_request(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
+        if layer_idx not in self.stage:
+            return None
+        rows = [lay.prefix + lay.visual + r for lay, r in zip(self.layouts, self.raters, strict=True)]
+        return self.make_rows_request(rows, state)
+
+    def prune(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
+        if request is None:
+            return state
+        padded = state.hidden_states.shape[1]
+        keep, merged = [], []
+        for b, layout in enumerate(self.layouts):
+            n_raters = len(self.raters[b])
+            if layout.visual == 0 or n_raters == 0:
+                keep.append(None)
+                merged.append(None)
+                continue
+            start = layout.visual_start(padded)
+            probs = request.probs[b, :, :n_raters, start : start + layout.visual]  # [H, raters, V]
+            relation = self._relation(probs, state.position_ids[b], request.rows[b, :n_raters], start, layout.visual)
+            scores = relation.mean(dim=0)  # [V]
+            self.accounts[b].method_flops += 4.0 * probs.shape[0] * n_raters * padded * self.head_dim
+            count = self._keep_count(b, relation, layout.visual, layer_idx)
+            if count is None:  # v1.0 with rank == V: no pruning, no recycling
+                keep.append(None)
+                merged.append(None)
+                continue
+            kept = torch.topk(scores, count).indices.sort().values
+            keep.append(kept)
+            merged.append(self._recycle(b, state, scores, kept, start, layer_idx) if self.method.recycling else None)
+        return self.rebuild(state, keep, merged, renumber_positions=self.method.renumber_positions)
+
+    @property
+    def head_dim(self) -> int:
+        text = self.model.config.text_config
+        return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+    def _relation(self, probs, positions, rows, start, num_visual) -> torch.Tensor:
+        """Rater x visual attention [raters, V], averaged over heads (all heads; for 2_0 the priority heads of the
+        gravity-corrected attention)."""
+        if self.method.version != "2_0":
+            return probs.mean(dim=0)
+        rotary = self.model.model.rotary_emb
+        rater_pos = positions[rows]
+        visual_pos = positions[start : start + num_visual]
+        distance = (rater_pos[:, None] - visual_pos[None, :]).abs()
+        table = gravity_table(rotary.inv_freq, int(distance.max()), rotary.attention_scaling)
+        corrected = probs / table[distance][None]  # quirk: R may approach 0 for distances near 1900+
+        heads = min(self.method.priority_heads, corrected.shape[0])
+        mass = corrected.sum(dim=(1, 2))
+        chosen = torch.topk(mass, heads).indices
+        return corrected[chosen].mean(dim=0)
+
+    def _keep_count(self, b: int, relation: torch.Tensor, num_visual: int, layer_idx: int) -> int | None:
+        if self.method.version == "v1.0":
+            rank = int(torch.linalg.matrix_rank(relation.float()))
+            if num_visual - rank == 0:
+                return None
+            return max(0, min(int(rank * self.method.scale + self.method.bias), num_visual - 1))
+        schedule = self.schedules[self.accounts[b].num_visual]
+        return min(schedule[self.stage[layer_idx]], num_visual - 1)
+
+    def _recycle(self, b, state, scores, kept, start, layer_idx) -> torch.Tensor | None:
+        pruned_mask = torch.ones_like(scores, dtype=torch.bool)
+        pruned_mask[kept] = False
+        pruned = torch.nonzero(pruned_mask).flatten()
+        if len(pruned) == 0:
+            return None
+        num_recycled = int(len(pruned) * budgets.RECYCLE_RATIO) + 1
+        order = torch.topk(scores[pruned], num_recycled).indices
+        tokens = state.hidden_states[b, start + pruned[order]]
+        clusters = budgets.recycled_clusters(len(pruned))
+        generator = None
+        if self.method.seed is not None:
+            generator = torch.Generator().manual_seed(self.method.seed * 1000 + layer_idx)
+        self.accounts[b].method_flops += 2.0 * num_recycled * num_recycled * tokens.shape[-1]
+        return recycle(tokens, clusters, generator)
