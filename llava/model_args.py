@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llava.sparse.methods import add_pruning_args, pruning_from_args
+
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", type=str, required=True, help="checkpoint folder (original or llava-hf)")
@@ -31,6 +33,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-flash-attn", action="store_true", help="same as --attn-implementation flash_attention_2")
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
+    add_pruning_args(parser)
 
 
 def load_from_args(args: argparse.Namespace):
@@ -50,4 +53,5 @@ def load_from_args(args: argparse.Namespace):
         vision_tower=args.vision_tower,
         vision_dtype=args.vision_dtype,
         attn_implementation=args.attn_implementation,
+        pruning=pruning_from_args(args),
     )

@@ -44,7 +44,7 @@ def tiny_llava_hf(tiny_root, tiny_llava) -> Path:
 def loaded(tiny_llava):
     from llava.model.builder import load_pretrained_model
 
-    return load_pretrained_model(str(tiny_llava), device="cpu")
+    return load_pretrained_model(str(tiny_llava), device="cpu", pruning=None)
 
 
 @pytest.fixture
@@ -60,3 +60,16 @@ def copy_of(tmp_path):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_32(tiny_root, tiny_clip) -> Path:
+    """LLaVA-7B's layer count (32) and visual token count (576) at tiny width: the pruning schedules' shape."""
+    return write_tiny_llava(tiny_root / "llava-v1.5-tiny-32", tiny_clip, num_layers=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def loaded32(tiny_llava_32):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_llava_32), device="cpu", pruning=None)

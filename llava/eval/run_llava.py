@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 import torch
 
@@ -47,6 +48,8 @@ def eval_model(args: argparse.Namespace, loaded=None) -> str:
         max_new_tokens=args.max_new_tokens,
         generator=generator,
     )
+    for account in model.last_accounts:
+        print(account.line(color=sys.stderr.isatty()), file=sys.stderr)
     return tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
 
 

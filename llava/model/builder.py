@@ -155,6 +155,7 @@ def load_pretrained_model(
     vision_tower: str | None = None,
     vision_dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
+    pruning="env",
     **kwargs,
 ):
     """Load a LLaVA checkpoint. Returns `(tokenizer, model, image_processor, context_len)` like LLaVA.
@@ -162,7 +163,9 @@ def load_pretrained_model(
     dtype: model dtype (default float16 on CUDA, float32 on CPU). vision_dtype: CLIP dtype (default float32, what
     LLaVA HEAD and SparseVLM run; pass float16 to reproduce the LLaVA-1.5 paper's tower). vision_tower: a folder or
     Hub id overriding config.json's `mm_vision_tower`. attn_implementation: eager, sdpa (default) or
-    flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of the same).
+    flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of the same). pruning: a
+    `llava.sparse.engine.PruningMethod`, None for the unpruned model, or "env" (default) for what the environment
+    asks for (`METHOD`, `RETAIN_TOKN`, `USE_VERSION`; see `llava.sparse.methods`), read now, not at import.
     """
     if load_8bit or load_4bit:
         raise ValueError("8-bit / 4-bit loading is not supported; load in float16 or bfloat16 instead")
@@ -223,6 +226,13 @@ def load_pretrained_model(
     tower.requires_grad_(False)
     model.model.vision_tower = tower
     model.eval().requires_grad_(False)
+    if isinstance(pruning, str):
+        if pruning != "env":
+            raise ValueError(f"pruning must be a PruningMethod, None or 'env', got {pruning!r}")
+        from llava.sparse.methods import pruning_from_env
+
+        pruning = pruning_from_env()
+    model.set_pruning(pruning)
     context_len = config.max_sequence_length or 2048
     return tokenizer, model, image_processor, context_len
 

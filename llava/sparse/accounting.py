@@ -32,6 +32,8 @@ class SampleAccount:
     kv_bytes_per_token_layer: int = 0
     prefill_ms: float | None = None
     total_ms: float | None = None
+    # indices (into the visual block entering that layer) of the visual tokens each pruning layer kept
+    kept: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
     def equal_tokens(self, convention: str = "reference") -> float:
         from llava.model.language_model.score import equal_tokens
@@ -76,7 +78,8 @@ class SampleAccount:
             return "n/a" if x is None else f"{x:.2f}"
 
         text = (
-            f"[Efficiency INFO] Equal Tokens: {self.equal_tokens():.2f} (input-count {self.equal_tokens('input'):.2f}), "
+            f"[Efficiency INFO] Equal Tokens: {self.equal_tokens():.2f} "
+            f"(input-count {self.equal_tokens('input'):.2f}), "
             f"Visual Tokens: {' -> '.join(map(str, self.visual_schedule()))}, "
             f"TFLOPs: {self.decoder_flops * 1e-12:.4f} (+{self.method_flops * 1e-12:.4f} method), "
             f"Prefill Time (ms): {ms(self.prefill_ms)}, Total Time (ms): {ms(self.total_ms)}, "

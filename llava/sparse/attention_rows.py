@@ -51,7 +51,11 @@ def _flash_attention_forward(*args, **kwargs):
     return flash_attention_forward(*args, **kwargs)
 
 
-_STOCK = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward, "flash_attention_2": _flash_attention_forward}
+_STOCK = {
+    "eager": eager_attention_forward,
+    "sdpa": sdpa_attention_forward,
+    "flash_attention_2": _flash_attention_forward,
+}
 
 
 def _wrap(stock):

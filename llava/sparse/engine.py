@@ -127,11 +127,13 @@ class PrefillPlan:
             kept = keep[b]
             if kept is None:
                 kept = torch.arange(layout.visual, device=device)
-            index = torch.cat([
-                torch.arange(start - layout.prefix, start, device=device),
-                start + kept,
-                torch.arange(start + layout.visual, padded, device=device),
-            ])
+            index = torch.cat(
+                [
+                    torch.arange(start - layout.prefix, start, device=device),
+                    start + kept,
+                    torch.arange(start + layout.visual, padded, device=device),
+                ]
+            )
             h, p = hidden[b, index], positions[b, index]
             extra = merged[b]
             n_extra = 0 if extra is None else len(extra)

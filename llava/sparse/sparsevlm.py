@@ -37,6 +37,16 @@ def gravity_table(inv_freq: torch.Tensor, max_distance: int, attention_scaling: 
     return (2 * attention_scaling**2 * angles.cos().sum(dim=-1) / head_dim**0.5).float()
 
 
+def rank_budget(relation: torch.Tensor, num_visual: int, scale: float, bias: float) -> int | None:
+    """v1.0's adaptive keep count from the rank of the rater x visual attention block (float32, torch's default
+    tolerance): min(int(rank * scale + bias), V - 1), or None (prune nothing, recycle nothing) when rank == V.
+    (The paper deletes lambda * (V - rank) tokens instead; the code keeps scale * rank + bias.)"""
+    rank = int(torch.linalg.matrix_rank(relation.float()))
+    if num_visual - rank == 0:
+        return None
+    return max(0, min(int(rank * scale + bias), num_visual - 1))
+
+
 class SparseVLM(PruningMethod):
     """version "1_0" (default; = v1.5), "2_0" (SparseVLM+), or "v1.0" with `scale` / `bias` (rank-adaptive)."""
 
@@ -133,6 +143,7 @@ class SparseVLMPlan(PrefillPlan):
                 merged.append(None)
                 continue
             kept = torch.topk(scores, count).indices.sort().values
+            self.accounts[b].kept[layer_idx] = kept
             keep.append(kept)
             merged.append(self._recycle(b, state, scores, kept, start, layer_idx) if self.method.recycling else None)
         return self.rebuild(state, keep, merged, renumber_positions=self.method.renumber_positions)
@@ -160,10 +171,7 @@ class SparseVLMPlan(PrefillPlan):
 
     def _keep_count(self, b: int, relation: torch.Tensor, num_visual: int, layer_idx: int) -> int | None:
         if self.method.version == "v1.0":
-            rank = int(torch.linalg.matrix_rank(relation.float()))
-            if num_visual - rank == 0:
-                return None
-            return max(0, min(int(rank * self.method.scale + self.method.bias), num_visual - 1))
+            return rank_budget(relation, num_visual, self.method.scale, self.method.bias)
         schedule = self.schedules[self.accounts[b].num_visual]
         return min(schedule[self.stage[layer_idx]], num_visual - 1)
 

@@ -85,8 +85,12 @@ class LlavaLlamaForCausalLM(nn.Module):
         self.config.text_config._attn_implementation = wrapped_name(attn_implementation)
 
     def set_pruning(self, method: PruningMethod | None) -> None:
-        """The visual-token pruning method used by every following prefill (None: no pruning)."""
-        self.pruning = method or PruningMethod()
+        """The visual-token pruning method used by every following prefill (None: no pruning); checked against
+        this model now, so that an impossible budget fails before any data is read."""
+        method = method or PruningMethod()
+        if hasattr(method, "validate") and self.model.vision_tower is not None:
+            method.validate(self)
+        self.pruning = method
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -74,9 +74,7 @@ def equal_tokens(counts_after: list[int], num_visual: int, convention: str = "re
     raise ValueError(f"Unknown equal-token convention {convention!r}")
 
 
-def derive_schedule(
-    budget: int, version: str, num_visual: int = 576, num_layers: int = 32
-) -> tuple[int, ...]:
+def derive_schedule(budget: int, version: str, num_visual: int = 576, num_layers: int = 32) -> tuple[int, ...]:
     """A schedule for a budget `SCHEDULES` does not list.
 
     Rule: interpolate each layer's count linearly between the two listed budgets around `budget` (outside the
@@ -125,9 +123,7 @@ def derive_schedule(
     return realise(best)
 
 
-def schedule_for(
-    budget: int, version: str, num_visual: int = 576, num_layers: int = 32
-) -> tuple[int, ...]:
+def schedule_for(budget: int, version: str, num_visual: int = 576, num_layers: int = 32) -> tuple[int, ...]:
     """The listed schedule for `budget` (if the model is the 32-layer, 576-token shape they were tuned for), else a
     derived one; clear errors for budgets that cannot be met."""
     if version not in VERSIONS:

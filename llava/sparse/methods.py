@@ -1,0 +1,85 @@
+"""One switch for every pruning method: `--method` / `METHOD`, with each method's parameters as flags and the
+SparseVLM reference's environment variables (`RETAIN_TOKN`, `USE_VERSION`).
+
+Resolution, read when the model is built (never at import): an explicit `--method` wins, then `METHOD`; without
+either, any SparseVLM setting (`--sparse`, `--retained-tokens`, `--sparse-version`, `RETAIN_TOKN`, `USE_VERSION`)
+selects SparseVLM, as in the reference repository; otherwise the model runs unpruned (`none`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+
+from llava.sparse.engine import PruningMethod
+from llava.sparse.sparsevlm import PRIORITY_HEADS, SparseVLM
+
+METHODS = ("none", "sparsevlm")
+
+
+def add_pruning_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("visual token pruning")
+    group.add_argument("--method", type=str, default=None, help=f"one of {', '.join(METHODS)} (env: METHOD)")
+    group.add_argument(
+        "--retained-tokens",
+        "--retained_tokens",
+        dest="retained_tokens",
+        type=int,
+        default=None,
+        help="token budget (env: RETAIN_TOKN; SparseVLM: the schedule's equal tokens)",
+    )
+    group.add_argument(
+        "--sparse-version",
+        dest="sparse_version",
+        type=str,
+        default=None,
+        help="SparseVLM version: 1_0 (v1.5 schedule, default) or 2_0 (SparseVLM+) (env: USE_VERSION)",
+    )
+    group.add_argument("--sparse", action="store_true", help="SparseVLM v1.0: rank-adaptive budget, see --scale/--bias")
+    group.add_argument("--scale", type=float, default=13.5, help="SparseVLM v1.0: keep = rank * scale + bias")
+    group.add_argument("--bias", type=float, default=0.0, help="SparseVLM v1.0: keep = rank * scale + bias")
+    group.add_argument("--priority-heads", type=int, default=PRIORITY_HEADS, help="SparseVLM+ (2_0) head count")
+    group.add_argument(
+        "--pruning-seed",
+        type=int,
+        default=0,
+        help="seed of the methods' randomness (SparseVLM's clustering noise); -1 = unseeded",
+    )
+
+
+def pruning_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> PruningMethod:
+    """The method the flags (and, where a flag is absent, the environment) ask for."""
+    env = os.environ if env is None else env
+    budget = args.retained_tokens if args.retained_tokens is not None else _env_int(env, "RETAIN_TOKN")
+    version = args.sparse_version or env.get("USE_VERSION") or None
+    method = args.method or env.get("METHOD") or None
+    if method is None:
+        method = "sparsevlm" if (args.sparse or budget is not None or version is not None) else "none"
+    seed = None if args.pruning_seed is not None and args.pruning_seed < 0 else args.pruning_seed
+    if method == "none":
+        return PruningMethod()
+    if method == "sparsevlm":
+        if args.sparse:
+            return SparseVLM("v1.0", scale=args.scale, bias=args.bias, seed=seed)
+        return SparseVLM(
+            version or "1_0", 192 if budget is None else budget, priority_heads=args.priority_heads, seed=seed
+        )
+    raise ValueError(f"Unknown pruning method {method!r} (--method / METHOD); choose one of: {', '.join(METHODS)}")
+
+
+def pruning_from_env(env: Mapping[str, str] | None = None) -> PruningMethod:
+    """The method the environment alone asks for (what `load_pretrained_model` uses by default)."""
+    parser = argparse.ArgumentParser()
+    add_pruning_args(parser)
+    return pruning_from_args(parser.parse_args([]), env)
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer token budget") from None
