@@ -23,11 +23,21 @@ class MultimodalInputs:
     image_spans: list[list[tuple[int, int]]]  # per sample: (start, length) of each image in padded coordinates
     lengths: list[int]  # per sample: real (unpadded) length
     has_padding: bool
+    num_encoded: list[int] | None = None  # per sample: visual tokens out of the tower, before pre-LLM pruning
 
 
-def encode_images(vision_tower, projector, images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] pixels -> [N, P, D] projected features, in the projector's dtype."""
-    features = vision_tower(images)
+def encode_images(vision_tower, projector, images: torch.Tensor, pruning=None) -> torch.Tensor:
+    """[N, 3, H, W] pixels -> [N, P, D] projected features, in the projector's dtype.
+
+    A pre-LLM pruning method (`pruning.select_before_llm`) picks the patches to keep first, so only those are
+    projected; their raster order is kept."""
+    if pruning is not None and pruning.needs_cls_attention:
+        features, cls_attention = vision_tower.forward_with_cls_attention(images)
+    else:
+        features, cls_attention = vision_tower(images), None
+    keep = None if pruning is None else pruning.select_before_llm(features, cls_attention)
+    if keep is not None:
+        features = features.gather(1, keep[:, :, None].expand(-1, -1, features.shape[-1]))
     weight = next(projector.parameters(), None)
     if weight is not None:
         features = features.to(weight.dtype)

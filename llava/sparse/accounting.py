@@ -23,7 +23,9 @@ GREEN, RESET = "\033[32m", "\033[0m"
 
 @dataclasses.dataclass
 class SampleAccount:
-    num_visual: int
+    num_visual: int  # visual tokens entering the LLM
+    num_encoded: int | None = None  # visual tokens the vision tower produced (differs for pre-LLM pruning)
+    visual_into_layer: list[int] = dataclasses.field(default_factory=list)
     visual_after_layer: list[int] = dataclasses.field(default_factory=list)
     tokens_into_layer: list[int] = dataclasses.field(default_factory=list)
     method_flops: float = 0.0
@@ -36,11 +38,10 @@ class SampleAccount:
     kept: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
     def equal_tokens(self, convention: str = "reference") -> float:
-        from llava.model.language_model.score import equal_tokens
-
-        if not self.visual_after_layer:
-            return float(self.num_visual)
-        return equal_tokens(self.visual_after_layer, self.num_visual, convention)
+        counts = {"reference": self.visual_after_layer, "input": self.visual_into_layer}.get(convention)
+        if counts is None:
+            raise ValueError(f"Unknown equal-token convention {convention!r}: use 'reference' or 'input'")
+        return sum(counts) / len(counts) if counts else float(self.num_visual)
 
     @property
     def decoder_flops(self) -> float:
@@ -53,8 +54,8 @@ class SampleAccount:
         return sum(self.tokens_into_layer) * self.kv_bytes_per_token_layer
 
     def visual_schedule(self) -> list[int]:
-        """Visual token count at the start and after every layer where it changed."""
-        out = [self.num_visual]
+        """Visual token count out of the tower, into the LLM, and after every layer where it changed."""
+        out = [self.num_visual] if self.num_encoded in (None, self.num_visual) else [self.num_encoded, self.num_visual]
         for count in self.visual_after_layer:
             if count != out[-1]:
                 out.append(count)
@@ -62,6 +63,7 @@ class SampleAccount:
 
     def as_metadata(self) -> dict:
         return {
+            "visual_tokens_encoded": self.num_encoded if self.num_encoded is not None else self.num_visual,
             "visual_tokens": self.num_visual,
             "visual_tokens_per_layer": list(self.visual_after_layer),
             "equal_tokens": round(self.equal_tokens("reference"), 4),

@@ -57,9 +57,22 @@ def layouts_from_spans(image_spans: list[list[tuple[int, int]]], lengths: list[i
 
 class PrefillPlan:
     """What happens during one prefill. The base plan prunes nothing and only accounts; methods subclass it and
-    override `rows_request` (ask for attention rows before a layer) and `prune` (after it)."""
+    override `rows_request` (ask for attention rows before a layer) and `prune` (after it).
 
-    def __init__(self, layouts: list[VisualLayout], num_layers: int, text_config, dtype: torch.dtype) -> None:
+    `prunes_next_layer_input`: the method's pruning belongs to the input of the next layer (FastV: "layer K sees
+    the kept tokens") rather than to the output of the scoring layer (SparseVLM: "layer l outputs the kept
+    tokens"); it decides which layer the reference equal-token convention counts as reduced."""
+
+    prunes_next_layer_input = False
+
+    def __init__(
+        self,
+        layouts: list[VisualLayout],
+        num_layers: int,
+        text_config,
+        dtype: torch.dtype,
+        num_encoded: list[int] | None = None,
+    ) -> None:
         self.layouts = layouts
         self.num_layers = num_layers
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
@@ -67,23 +80,27 @@ class PrefillPlan:
         self.accounts = [
             SampleAccount(
                 num_visual=layout.visual,
+                num_encoded=None if num_encoded is None else num_encoded[b],
                 hidden_size=text_config.hidden_size,
                 intermediate_size=text_config.intermediate_size,
                 kv_bytes_per_token_layer=bytes_per,
             )
-            for layout in layouts
+            for b, layout in enumerate(layouts)
         ]
 
     # -- hooks the decoder loop calls ------------------------------------------------------------------------------
     def enter_layer(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
         for account, layout in zip(self.accounts, self.layouts, strict=True):
             account.tokens_into_layer.append(layout.length)
+            account.visual_into_layer.append(layout.visual)
         return self.rows_request(layer_idx, state)
 
     def leave_layer(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
+        before = [layout.visual for layout in self.layouts]
         state = self.prune(layer_idx, state, request)
-        for account, layout in zip(self.accounts, self.layouts, strict=True):
-            account.visual_after_layer.append(layout.visual)
+        after = before if self.prunes_next_layer_input else [layout.visual for layout in self.layouts]
+        for account, count in zip(self.accounts, after, strict=True):
+            account.visual_after_layer.append(count)
         return state
 
     # -- what methods override -------------------------------------------------------------------------------------
@@ -161,13 +178,26 @@ class PrefillPlan:
 
 
 class PruningMethod:
-    """A configured method; `plan` makes the per-prefill object. The base method is `none`: no pruning."""
+    """A configured method. The base method is `none`: no pruning.
+
+    Pre-LLM methods override `select_before_llm` (which patches each image keeps, before the projector);
+    in-LLM methods override `plan` (the per-prefill object that scores and prunes between decoder layers)."""
 
     name = "none"
+    needs_cls_attention = False  # whether select_before_llm wants the tower's [CLS] attention row
+
+    def select_before_llm(self, features: torch.Tensor, cls_attention: torch.Tensor | None) -> torch.Tensor | None:
+        """Indices [N, k] (sorted, raster order) of the patches to keep per image, or None to keep all.
+        `features` [N, P, C] are the tower's selected-layer patch features."""
+        return None
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
         """The per-prefill object; `inputs` is the spliced `MultimodalInputs` (methods read embeddings there)."""
-        return PrefillPlan(layouts, model.config.num_hidden_layers, model.config.text_config, model.dtype)
+        text = model.config.text_config
+        return PrefillPlan(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
+
+    def validate(self, model) -> None:
+        """Raise now (when the model is built) if this configuration cannot run on `model`."""
 
     def describe(self) -> str:
         return self.name

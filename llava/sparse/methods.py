@@ -1,6 +1,12 @@
 """One switch for every pruning method: `--method` / `METHOD`, with each method's parameters as flags and the
 SparseVLM reference's environment variables (`RETAIN_TOKN`, `USE_VERSION`).
 
+The budget (`--retained-tokens` / `RETAIN_TOKN`, default 192) means, per method:
+- sparsevlm: the schedule's equal tokens (layer-averaged visual tokens, reference convention);
+- fastv: visual tokens kept from layer K on (or `--fastv-r`, the dropped fraction, instead);
+- fastervlm, random, uniform: visual tokens entering the LLM, per image.
+Every method reports equal tokens, FLOPs and timing the same way (`llava.sparse.accounting`).
+
 Resolution, read when the model is built (never at import): an explicit `--method` wins, then `METHOD`; without
 either, any SparseVLM setting (`--sparse`, `--retained-tokens`, `--sparse-version`, `RETAIN_TOKN`, `USE_VERSION`)
 selects SparseVLM, as in the reference repository; otherwise the model runs unpruned (`none`).
@@ -13,9 +19,12 @@ import os
 from collections.abc import Mapping
 
 from llava.sparse.engine import PruningMethod
+from llava.sparse.fastv import SCORES, FastV
+from llava.sparse.pre_llm import FasterVLM, RandomPruning, UniformPruning
 from llava.sparse.sparsevlm import PRIORITY_HEADS, SparseVLM
 
-METHODS = ("none", "sparsevlm")
+METHODS = ("none", "sparsevlm", "fastv", "fastervlm", "random", "uniform")
+DEFAULT_BUDGET = 192
 
 
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +49,15 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale", type=float, default=13.5, help="SparseVLM v1.0: keep = rank * scale + bias")
     group.add_argument("--bias", type=float, default=0.0, help="SparseVLM v1.0: keep = rank * scale + bias")
     group.add_argument("--priority-heads", type=int, default=PRIORITY_HEADS, help="SparseVLM+ (2_0) head count")
+    group.add_argument("--fastv-k", type=int, default=2, help="FastV: layers that see every token (score at K-1)")
+    group.add_argument("--fastv-r", type=float, default=None, help="FastV: fraction of image tokens dropped")
+    group.add_argument(
+        "--fastv-score",
+        type=str,
+        default="last",
+        choices=SCORES,
+        help="FastV: last prompt token's row (released code) or all-query mean (paper)",
+    )
     group.add_argument(
         "--pruning-seed",
         type=int,
@@ -57,14 +75,21 @@ def pruning_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = 
     if method is None:
         method = "sparsevlm" if (args.sparse or budget is not None or version is not None) else "none"
     seed = None if args.pruning_seed is not None and args.pruning_seed < 0 else args.pruning_seed
+    budget = DEFAULT_BUDGET if budget is None else budget
     if method == "none":
         return PruningMethod()
     if method == "sparsevlm":
         if args.sparse:
             return SparseVLM("v1.0", scale=args.scale, bias=args.bias, seed=seed)
-        return SparseVLM(
-            version or "1_0", 192 if budget is None else budget, priority_heads=args.priority_heads, seed=seed
-        )
+        return SparseVLM(version or "1_0", budget, priority_heads=args.priority_heads, seed=seed)
+    if method == "fastv":
+        return FastV(args.fastv_k, budget, args.fastv_r, args.fastv_score)
+    if method == "fastervlm":
+        return FasterVLM(budget)
+    if method == "random":
+        return RandomPruning(budget, seed)
+    if method == "uniform":
+        return UniformPruning(budget)
     raise ValueError(f"Unknown pruning method {method!r} (--method / METHOD); choose one of: {', '.join(METHODS)}")
 
 

@@ -95,14 +95,15 @@ class SparseVLM(PruningMethod):
 class SparseVLMPlan(PrefillPlan):
     def __init__(self, method: SparseVLM, layouts: list[VisualLayout], model, inputs) -> None:
         text = model.config.text_config
-        super().__init__(layouts, text.num_hidden_layers, text, model.dtype)
+        super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
         self.method = method
         self.model = model
         self.stage = {layer: i for i, layer in enumerate(method.layers)}
         self.schedules = {
             v: method.schedule(v, text.num_hidden_layers) for v in {lay.visual for lay in layouts if lay.visual}
         }
-        # Raters, once per prefill, from the layer-0 inputs; stored relative to the text suffix start.
+        # Raters, once per prefill, from the layer-0 inputs, never recomputed from deeper layers (quirk); stored
+        # relative to the text suffix start, which moves as the visual block shrinks.
         embeds, padded = inputs.inputs_embeds, inputs.inputs_embeds.shape[1]
         self.raters: list[torch.Tensor] = []
         for b, layout in enumerate(layouts):
@@ -173,6 +174,7 @@ class SparseVLMPlan(PrefillPlan):
         if self.method.version == "v1.0":
             return rank_budget(relation, num_visual, self.method.scale, self.method.bias)
         schedule = self.schedules[self.accounts[b].num_visual]
+        # quirk: capped at V - 1, so every pruning event drops at least one token (and, with recycling, adds one)
         return min(schedule[self.stage[layer_idx]], num_visual - 1)
 
     def _recycle(self, b, state, scores, kept, start, layer_idx) -> torch.Tensor | None:
@@ -181,7 +183,7 @@ class SparseVLMPlan(PrefillPlan):
         pruned = torch.nonzero(pruned_mask).flatten()
         if len(pruned) == 0:
             return None
-        num_recycled = int(len(pruned) * budgets.RECYCLE_RATIO) + 1
+        num_recycled = int(len(pruned) * budgets.RECYCLE_RATIO) + 1  # quirk: "+1" even for one pruned token
         order = torch.topk(scores[pruned], num_recycled).indices
         tokens = state.hidden_states[b, start + pruned[order]]
         clusters = budgets.recycled_clusters(len(pruned))

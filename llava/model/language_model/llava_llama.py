@@ -94,9 +94,10 @@ class LlavaLlamaForCausalLM(nn.Module):
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected features of the visual tokens that enter the LLM (after any pre-LLM pruning)."""
         if self.model.vision_tower is None:
             raise RuntimeError("This model has no vision tower loaded; load it with load_pretrained_model()")
-        return encode_images(self.model.vision_tower, self.model.mm_projector, images)
+        return encode_images(self.model.vision_tower, self.model.mm_projector, images, self.pruning)
 
     def prepare_inputs(
         self,
@@ -117,9 +118,14 @@ class LlavaLlamaForCausalLM(nn.Module):
             input_ids = [ids.to(self.device) for ids in input_ids]
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        return splice_image_features(
+        inputs = splice_image_features(
             input_ids, attention_mask, features, self.model.embed_tokens, self.config.tokenizer_model_max_length
         )
+        if features is not None:
+            tower = self.model.vision_tower
+            encoded = tower.num_patches + (tower.select_feature == "cls_patch")
+            inputs.num_encoded = [encoded * len(spans) for spans in inputs.image_spans]
+        return inputs
 
     def prefill(
         self,

@@ -69,3 +69,30 @@ class CLIPVisionTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, num_patches, C], cast back to the dtype of `images` (as LLaVA does)."""
         return self.feature_select(self.encoder_hidden_states(images)).to(images.dtype)
+
+    @torch.no_grad()
+    def forward_with_cls_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features as `forward`, plus the head-averaged attention the [CLS] query pays each patch inside the
+        selected layer (the layer that produced the features; FasterVLM's score): [B, num_patches], float32.
+
+        Only that one row is computed, from the layer's own input, layer norm and q/k projections, instead of
+        asking every CLIP layer for its full attention maps."""
+        layer = self.vision_tower.encoder.layers[self.num_layers_used - 1]
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab_input(module, args, kwargs):
+            captured["x"] = args[0] if args else kwargs["hidden_states"]
+
+        handle = layer.register_forward_pre_hook(grab_input, with_kwargs=True)
+        try:
+            hidden = self.encoder_hidden_states(images)
+        finally:
+            handle.remove()
+        attn = layer.self_attn
+        x = layer.layer_norm1(captured["x"])
+        batch, tokens, _ = x.shape
+        q = attn.q_proj(x[:, :1]).view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+        probs = (torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale).softmax(dim=-1)  # [B, h, 1, T]
+        cls_row = probs[:, :, 0, 1:].mean(dim=1)
+        return self.feature_select(hidden).to(images.dtype), cls_row
