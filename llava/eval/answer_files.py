@@ -55,31 +55,33 @@ def read_json(path: str | os.PathLike):
 
 
 class AnswerWriter:
-    """Appends answer records to a jsonl file, one flushed line each; knows which ids are already answered.
+    """Appends answer records to a jsonl file, one flushed line each; knows which questions are already answered.
 
-    A trailing partial line (a run killed mid-write) is cut off on open, so the file is always whole records."""
+    A question is identified by `key_fields` of its record (default: question_id and prompt, because some
+    benchmarks reuse an id for several questions: TextVQA's question_id is the image id). A trailing partial line
+    (a run killed mid-write) is cut off on open, so the file always holds whole records."""
 
-    def __init__(self, path: str | os.PathLike, id_key: str = "question_id") -> None:
+    def __init__(self, path: str | os.PathLike, key_fields: tuple[str, ...] = ("question_id", "prompt")) -> None:
         self.path = Path(path)
-        self.id_key = id_key
+        self.key_fields = key_fields
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_partial_line()
-        self.answered: set = set()
+        self.answered: set[str] = set()
         if self.path.exists():
-            self.answered = {self._key(r[id_key]) for r in iter_jsonl(self.path) if id_key in r}
+            self.answered = {self.key(r) for r in iter_jsonl(self.path)}
         self._file = self.path.open("a", encoding="utf-8")
 
-    @staticmethod
-    def _key(question_id) -> str:
-        return json.dumps(question_id)
+    def key(self, record: dict) -> str:
+        return json.dumps([record.get(k) for k in self.key_fields], ensure_ascii=False)
 
-    def done(self, question_id) -> bool:
-        return self._key(question_id) in self.answered
+    def done(self, record: dict) -> bool:
+        """Whether a record with the same key fields (e.g. the question's id and prompt) is already written."""
+        return self.key(record) in self.answered
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
-        self.answered.add(self._key(record[self.id_key]))
+        self.answered.add(self.key(record))
 
     def close(self) -> None:
         self._file.close()

@@ -1,0 +1,245 @@
+"""The one answer-generation loop behind every benchmark generator (model_vqa_loader, model_vqa_science,
+model_vqa_mmbench, model_vqa, model_vqa_qbench).
+
+A generator turns its question file into `Question`s; this module does the rest the same way for all of them:
+chunking (`--num-chunks/--chunk-idx`, or one chunk per process under torchrun), resuming (questions already in the
+answers file are skipped), batching with left padding, a progress bar, per-answer efficiency metadata, and
+recording an unreadable image as a failed answer instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import shortuuid
+import torch
+from PIL import Image
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from llava.conversation import get_conv_template
+from llava.eval.answer_files import AnswerWriter, iter_jsonl
+from llava.mm_utils import expand2square, get_model_name_from_path, tokenizer_image_token
+from llava.model_args import add_model_args, load_from_args
+
+EVAL_DOC = "EVAL.md"
+
+
+@dataclasses.dataclass
+class Question:
+    """One question: `text` is the user's message without the image token; `image` opens the image (None for a
+    text-only question); `record` holds the fields the answer record starts from (question_id, prompt, ...)."""
+
+    text: str
+    image: Callable[[], Image.Image] | None
+    record: dict
+
+
+class MissingDataError(FileNotFoundError):
+    """A benchmark file or folder that is not where the evaluation expects it."""
+
+
+# benchmark folder (under playground/data/eval) -> EVAL.md section
+SECTIONS = {
+    "vqav2": "VQAv2",
+    "gqa": "GQA",
+    "vizwiz": "VizWiz",
+    "scienceqa": "ScienceQA",
+    "textvqa": "TextVQA",
+    "pope": "POPE",
+    "MME": "MME",
+    "mmbench": "MMBench",
+    "mmbench_cn": "MMBench-CN",
+    "seed_bench": "SEED-Bench",
+    "llava-bench-in-the-wild": "LLaVA-Bench",
+    "mm-vet": "MM-Vet",
+    "qbench": "Q-Bench",
+}
+
+
+def section_for(path: str | os.PathLike) -> str:
+    """The EVAL.md section of a benchmark file, from the benchmark folder it sits in."""
+    for part in reversed(Path(path).parts):
+        if part in SECTIONS:
+            return SECTIONS[part]
+    return "Layout"
+
+
+def require(path: str | os.PathLike | None, what: str, section: str | None = None) -> Path:
+    """The path, or a clear error naming it and the EVAL.md section that says where to get it."""
+    if not path:
+        raise MissingDataError(f"No {what} given; see {EVAL_DOC}, section {section or 'Layout'}")
+    section = section or section_for(path)
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"{what} not found: {path}. See {EVAL_DOC}, section {section}, for where to get it.")
+    return path
+
+
+def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """LLaVA's generator flags, plus --batch-size; model and pruning flags come from `add_model_args`."""
+    add_model_args(parser)
+    parser.add_argument("--question-file", type=str, default=None)
+    parser.add_argument("--image-folder", type=str, default="")
+    parser.add_argument("--answers-file", type=str, required=True)
+    parser.add_argument("--conv-mode", type=str, default="llava_v1")
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per forward pass (left-padded)")
+    parser.add_argument(
+        "--image-mode",
+        choices=["pad", "crop"],
+        default=None,
+        help="override the checkpoint's image_aspect_ratio: pad (LLaVA-1.5 HEAD) or crop (pre-1.6 "
+        "SQA / LLaVA-W / MM-Vet, Q-Bench)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (temperature > 0)")
+
+
+def distributed_chunk(args: argparse.Namespace) -> None:
+    """Under torchrun, each process takes chunk RANK of WORLD_SIZE, writes `<answers>.chunks/N_k.jsonl` and uses
+    GPU LOCAL_RANK; `python -m llava.eval.merge_chunks` then joins the chunks in question order."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    args.num_chunks, args.chunk_idx = world, rank
+    args.answers_file = str(chunk_path(args.answers_file, world, rank))
+    if torch.cuda.is_available() and args.device in ("auto", "cuda"):
+        args.device = f"cuda:{local}"
+
+
+def chunk_path(answers_file: str | os.PathLike, num_chunks: int, chunk_idx: int) -> Path:
+    answers_file = Path(answers_file)
+    return answers_file.parent / f"{answers_file.stem}.chunks" / f"{num_chunks}_{chunk_idx}.jsonl"
+
+
+def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
+    """Contiguous slice k of n of size ceil(len / n) (LLaVA's split_list / get_chunk)."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx {chunk_idx} must be in 0..{num_chunks - 1}")
+    size = math.ceil(len(items) / num_chunks)
+    return items[chunk_idx * size : (chunk_idx + 1) * size]
+
+
+def read_questions(path: str | os.PathLike, required=("question_id", "text")) -> list[dict]:
+    return list(iter_jsonl(path, required))
+
+
+def image_opener(path: Path, convert_rgb: bool = True) -> Callable[[], Image.Image]:
+    def open_image() -> Image.Image:
+        image = Image.open(path)
+        image.load()
+        return image.convert("RGB") if convert_rgb else image
+
+    return open_image
+
+
+def _image_token(model) -> str:
+    if model.config.mm_use_im_start_end:
+        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    return DEFAULT_IMAGE_TOKEN
+
+
+def _pixels(images: list[Image.Image], image_processor, mode: str) -> torch.Tensor:
+    """`pad`: expand2square on the processor's mean, then CLIP preprocessing; `crop`: CLIP preprocessing only."""
+    if mode == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        images = [expand2square(image, background) for image in images]
+    return image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
+
+
+def generate_answers(questions: list[Question], args: argparse.Namespace, loaded=None) -> Path:
+    """Answer this process's chunk of `questions` into args.answers_file (resuming); returns the file."""
+    distributed_chunk(args)
+    chunk = get_chunk(questions, args.num_chunks, args.chunk_idx)
+    writer = AnswerWriter(args.answers_file)
+    todo = [q for q in chunk if not writer.done(q.record)]
+    if not todo:
+        writer.close()
+        print(f"All {len(chunk)} questions of this chunk are already answered in {args.answers_file}", file=sys.stderr)
+        return Path(args.answers_file)
+    tokenizer, model, image_processor, _ = loaded or load_from_args(args)
+    model_id = get_model_name_from_path(args.model_path)
+    mode = args.image_mode or ("pad" if getattr(model.config, "image_aspect_ratio", None) == "pad" else "crop")
+    method = model.pruning.describe()
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
+    from tqdm import tqdm
+
+    progress = tqdm(
+        total=len(chunk),
+        initial=len(chunk) - len(todo),
+        desc=Path(args.answers_file).name,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    with writer:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            results = _answer_batch(batch, args, tokenizer, model, image_processor, mode, generator)
+            for question, (text, metadata, error) in zip(batch, results, strict=True):
+                record = {
+                    **question.record,
+                    "text": text,
+                    "answer_id": shortuuid.uuid(),
+                    "model_id": model_id,
+                    "metadata": {"method": method, **metadata},
+                }
+                if error is not None:
+                    record["error"] = error
+                writer.write(record)
+            progress.update(len(batch))
+    progress.close()
+    return Path(args.answers_file)
+
+
+def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generator):
+    """(text, metadata, error) per question; questions whose image cannot be read fail alone."""
+    results: list = [None] * len(batch)
+    ready, images = [], []
+    for i, question in enumerate(batch):
+        if question.image is None:
+            ready.append(i)
+            continue
+        try:
+            images.append(question.image())
+            ready.append(i)
+        except Exception as err:  # unreadable, missing or corrupt image: record and go on
+            results[i] = ("", {}, f"image could not be read: {type(err).__name__}: {err}")
+    with_image = [i for i in ready if batch[i].image is not None]
+    without_image = [i for i in ready if batch[i].image is None]
+    # a batch mixes image and text-only questions only as two sub-batches (each sample must hold one image)
+    for group, group_images in ((with_image, images), (without_image, [])):
+        if not group:
+            continue
+        prompts = []
+        for i in group:
+            conv = get_conv_template(args.conv_mode)
+            text = batch[i].text if batch[i].image is None else _image_token(model) + "\n" + batch[i].text
+            conv.append_message(conv.roles[0], text)
+            conv.append_message(conv.roles[1], None)
+            prompts.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt"))
+        pixels = _pixels(group_images, image_processor, mode).to(model.device, model.dtype) if group_images else None
+        output = model.generate(
+            prompts,
+            images=pixels,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            generator=generator,
+        )
+        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+        for i, text, account in zip(group, texts, model.last_accounts, strict=True):
+            results[i] = (text.strip(), account.as_metadata(), None)
+    return results
