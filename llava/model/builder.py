@@ -98,6 +98,34 @@ def _is_hub_id(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith((".", "/"))
 
 
+def locate_model(model_path: str) -> Path:
+    """A local folder for `model_path`: itself, or (for a Hub id like liuhaotian/llava-v1.5-7b) its Hugging Face
+    cache snapshot, downloaded when the Hub is reachable and HF_HUB_OFFLINE is not set."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        return path
+    if not _is_hub_id(model_path) or path.exists():
+        raise FileNotFoundError(f"Model path {model_path!r} does not exist or is not a folder; check --model-path")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_path, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise FileNotFoundError(
+            f"Model {model_path!r} is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE is set); "
+            "download it and pass its folder as --model-path"
+        )
+    try:
+        return Path(snapshot_download(model_path))
+    except Exception as err:
+        raise FileNotFoundError(
+            f"Model {model_path!r} is not a local folder, not cached, and could not be downloaded "
+            f"({type(err).__name__}); download it elsewhere and pass its folder as --model-path"
+        ) from None
+
+
 def locate_vision_tower(name: str, source: str) -> Path:
     """A local folder for the CLIP tower `name`: itself if it is a folder, else its Hugging Face cache snapshot
     (downloading it only when the Hub is reachable and HF_HUB_OFFLINE is not set)."""
@@ -169,10 +197,8 @@ def load_pretrained_model(
     """
     if load_8bit or load_4bit:
         raise ValueError("8-bit / 4-bit loading is not supported; load in float16 or bfloat16 instead")
-    model_dir = Path(model_path).expanduser()
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"Model path {model_path!r} does not exist or is not a folder; check --model-path")
-    model_name = model_name or model_dir.name
+    model_dir = locate_model(model_path)
+    model_name = model_name or Path(model_path).name
     if model_base is not None and "lora" in model_name.lower():
         raise ValueError(
             f"{model_name} is a LoRA checkpoint: merge it into its base model first (LLaVA's "
@@ -184,9 +210,7 @@ def load_pretrained_model(
     impl = resolve_attn_implementation(attn_implementation, use_flash_attn, target)
 
     config = LlavaConfig.from_pretrained(model_dir)
-    base_dir = Path(model_base).expanduser() if model_base else model_dir
-    if model_base is not None and not base_dir.is_dir():
-        raise FileNotFoundError(f"Model base {model_base!r} does not exist or is not a folder; check --model-base")
+    base_dir = locate_model(model_base) if model_base else model_dir
     tokenizer = load_tokenizer(base_dir, config.text_config)
 
     with torch.device("meta"):
