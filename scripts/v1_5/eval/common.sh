@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Sourced by every benchmark script: the model, the pruning method and its tag, the device count, and `generate`.
+#
+#   CKPT        model folder or Hub id                 (default liuhaotian/llava-v1.5-7b)
+#   METHOD      none|sparsevlm|fastv|fastervlm|random|uniform (default: sparsevlm if RETAIN_TOKN or USE_VERSION
+#               is set, else none)
+#   RETAIN_TOKN token budget (default 192); USE_VERSION SparseVLM version 1_0 (default) or 2_0
+#   EXTRA_ARGS  more generator flags, e.g. "--fastv-k 3 --vision-tower /ckpt/clip-vit-large-patch14-336"
+#   TAG         name of the answer file (default from METHOD / USE_VERSION / RETAIN_TOKN), so runs never collide
+#   BATCH_SIZE  questions per forward pass (default 1, the reference protocol)
+#   NPROC       processes = GPUs (default: visible CUDA devices, or 1); >1 runs through torchrun, then merges
+#   EVAL_DIR    benchmark data root (default ./playground/data/eval, the layout of LLaVA's Evaluation.md)
+set -euo pipefail
+
+EVAL_DIR=${EVAL_DIR:-./playground/data/eval}
+CKPT=${CKPT:-liuhaotian/llava-v1.5-7b}
+CKPT_NAME=${CKPT_NAME:-$(basename "$CKPT")}
+CONV_MODE=${CONV_MODE:-vicuna_v1}
+BATCH_SIZE=${BATCH_SIZE:-1}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+PYTHON=${PYTHON:-python}
+
+if [ -z "${METHOD:-}" ]; then
+    if [ -n "${RETAIN_TOKN:-}${USE_VERSION:-}" ]; then METHOD=sparsevlm; else METHOD=none; fi
+fi
+export METHOD
+case "$METHOD" in
+    none) DEFAULT_TAG=none ;;
+    sparsevlm) DEFAULT_TAG="sparsevlm-${USE_VERSION:-1_0}-${RETAIN_TOKN:-192}" ;;
+    *) DEFAULT_TAG="${METHOD}-${RETAIN_TOKN:-192}" ;;
+esac
+TAG=${TAG:-$DEFAULT_TAG}
+
+if [ -z "${NPROC:-}" ]; then
+    NPROC=$($PYTHON -c "import torch; print(max(torch.cuda.device_count(), 1))")
+fi
+
+# generate MODULE ANSWERS_FILE [generator flags...]: one process, or NPROC under torchrun merged in question order
+generate() {
+    local module=$1 answers=$2
+    shift 2
+    mkdir -p "$(dirname "$answers")"
+    # shellcheck disable=SC2086
+    local common=(--model-path "$CKPT" --answers-file "$answers" --conv-mode "$CONV_MODE" --temperature 0
+                  --batch-size "$BATCH_SIZE" $EXTRA_ARGS)
+    echo "[eval] $module  model=$CKPT  method=$METHOD  tag=$TAG  processes=$NPROC  -> $answers" >&2
+    if [ "$NPROC" -gt 1 ]; then
+        torchrun --standalone --nproc_per_node "$NPROC" -m "llava.eval.$module" "${common[@]}" "$@"
+        $PYTHON -m llava.eval.merge_chunks --answers-file "$answers" --num-chunks "$NPROC" > /dev/null
+    else
+        $PYTHON -m "llava.eval.$module" "${common[@]}" "$@"
+    fi
+}
