@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from llava.eval import merge_chunks, model_vqa_loader, model_vqa_mmbench, model_vqa_science
-from llava.eval.answer_files import MalformedFileError, read_jsonl
-from llava.eval.answering import MissingDataError
+from llava.eval.answer_files import MalformedFileError, MissingDataError, read_jsonl
 
 from .helpers import random_image
 
@@ -34,8 +33,23 @@ def bench(tmp_path):
 
 
 def _loader_args(tiny_llava, qfile, images, answers, *extra):
-    return ["--model-path", str(tiny_llava), "--question-file", str(qfile), "--image-folder", str(images),
-            "--answers-file", str(answers), "--temperature", "0", "--max_new_tokens", "4", "--device", "cpu", *extra]
+    return [
+        "--model-path",
+        str(tiny_llava),
+        "--question-file",
+        str(qfile),
+        "--image-folder",
+        str(images),
+        "--answers-file",
+        str(answers),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "4",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_loader_answers_every_question_in_order_and_records_failures(tiny_llava, bench, tmp_path):
@@ -120,18 +134,43 @@ def test_science_generator_prompts_and_text_only_items(tiny_llava, tmp_path):
     (folder / "images" / "test" / "11").mkdir(parents=True)
     random_image(3).save(folder / "images" / "test" / "11" / "image.png")
     items = [
-        {"id": "11", "image": "11/image.png",
-         "conversations": [{"from": "human", "value": "<image>\nContext: x\nWhich?\nA. a\nB. b"},
-                           {"from": "gpt", "value": "A"}]},
-        {"id": "12", "conversations": [{"from": "human", "value": "Which one?\nA. a\nB. b"},
-                                       {"from": "gpt", "value": "B"}]},
+        {
+            "id": "11",
+            "image": "11/image.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nContext: x\nWhich?\nA. a\nB. b"},
+                {"from": "gpt", "value": "A"},
+            ],
+        },
+        {
+            "id": "12",
+            "conversations": [{"from": "human", "value": "Which one?\nA. a\nB. b"}, {"from": "gpt", "value": "B"}],
+        },
     ]
     qfile = folder / "llava_test_CQM-A.json"
     qfile.write_text(json.dumps(items))
     answers = tmp_path / "sqa.jsonl"
-    model_vqa_science.main(["--model-path", str(tiny_llava), "--question-file", str(qfile), "--image-folder",
-                            str(folder / "images" / "test"), "--answers-file", str(answers), "--single-pred-prompt",
-                            "--temperature", "0", "--max_new_tokens", "3", "--device", "cpu", "--batch-size", "2"])
+    model_vqa_science.main(
+        [
+            "--model-path",
+            str(tiny_llava),
+            "--question-file",
+            str(qfile),
+            "--image-folder",
+            str(folder / "images" / "test"),
+            "--answers-file",
+            str(answers),
+            "--single-pred-prompt",
+            "--temperature",
+            "0",
+            "--max_new_tokens",
+            "3",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ]
+    )
     records = read_jsonl(answers)
     letter = "\nAnswer with the option's letter from the given choices directly."
     assert records[0]["prompt"] == "<image>\nContext: x\nWhich?\nA. a\nB. b" + letter
@@ -143,19 +182,55 @@ def test_mmbench_generator_reads_the_tsv(tiny_llava, tmp_path):
     buffer = io.BytesIO()
     random_image(4).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
-    table = pd.DataFrame([
-        {"index": 5, "question": "What?", "hint": "A hint.", "A": "x", "B": "y", "C": float("nan"), "D": float("nan"),
-         "answer": "A", "category": "c", "image": image},
-        {"index": 1000005, "question": "What?", "hint": float("nan"), "A": "y", "B": "x", "C": "z", "D": "none",
-         "answer": "B", "category": "c", "image": image},
-    ])
+    table = pd.DataFrame(
+        [
+            {
+                "index": 5,
+                "question": "What?",
+                "hint": "A hint.",
+                "A": "x",
+                "B": "y",
+                "C": float("nan"),
+                "D": float("nan"),
+                "answer": "A",
+                "category": "c",
+                "image": image,
+            },
+            {
+                "index": 1000005,
+                "question": "What?",
+                "hint": float("nan"),
+                "A": "y",
+                "B": "x",
+                "C": "z",
+                "D": "none",
+                "answer": "B",
+                "category": "c",
+                "image": image,
+            },
+        ]
+    )
     folder = tmp_path / "mmbench"
     folder.mkdir()
     table.to_csv(folder / "mmbench_dev_20230712.tsv", sep="\t", index=False)
     answers = tmp_path / "mmb.jsonl"
-    model_vqa_mmbench.main(["--model-path", str(tiny_llava), "--question-file", str(folder / "mmbench_dev_20230712.tsv"),
-                            "--answers-file", str(answers), "--single-pred-prompt", "--temperature", "0",
-                            "--max_new_tokens", "3", "--device", "cpu"])
+    model_vqa_mmbench.main(
+        [
+            "--model-path",
+            str(tiny_llava),
+            "--question-file",
+            str(folder / "mmbench_dev_20230712.tsv"),
+            "--answers-file",
+            str(answers),
+            "--single-pred-prompt",
+            "--temperature",
+            "0",
+            "--max_new_tokens",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     first, second = read_jsonl(answers)
     assert first["prompt"] == "A hint.\nWhat?\nA. x\nB. y" and first["options"] == ["x", "y"]
     assert second["prompt"] == "What?\nA. y\nB. x\nC. z" and second["option_char"] == ["A", "B", "C"]

@@ -12,6 +12,49 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+EVAL_DOC = "EVAL.md"
+
+
+class MissingDataError(FileNotFoundError):
+    """A benchmark file or folder that is not where the evaluation expects it."""
+
+
+# benchmark folder (under playground/data/eval) -> EVAL.md section
+SECTIONS = {
+    "vqav2": "VQAv2",
+    "gqa": "GQA",
+    "vizwiz": "VizWiz",
+    "scienceqa": "ScienceQA",
+    "textvqa": "TextVQA",
+    "pope": "POPE",
+    "MME": "MME",
+    "mmbench": "MMBench",
+    "mmbench_cn": "MMBench-CN",
+    "seed_bench": "SEED-Bench",
+    "llava-bench-in-the-wild": "LLaVA-Bench",
+    "mm-vet": "MM-Vet",
+    "qbench": "Q-Bench",
+}
+
+
+def section_for(path: str | os.PathLike) -> str:
+    """The EVAL.md section of a benchmark file, from the benchmark folder it sits in."""
+    for part in reversed(Path(path).parts):
+        if part in SECTIONS:
+            return SECTIONS[part]
+    return "Layout"
+
+
+def require(path: str | os.PathLike | None, what: str, section: str | None = None) -> Path:
+    """The path, or a clear error naming it and the EVAL.md section that says where to get it."""
+    if not path:
+        raise MissingDataError(f"No {what} given; see {EVAL_DOC}, section {section or 'Layout'}")
+    section = section or section_for(path)
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"{what} not found: {path}. See {EVAL_DOC}, section {section}, for where to get it.")
+    return path
+
 
 class MalformedFileError(ValueError):
     """A question or answer file line that is not the JSON it should be."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener, read_questions, require
+from llava.eval.answer_files import require
+from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener, read_questions
 
 
 def build_questions(args: argparse.Namespace) -> list[Question]:

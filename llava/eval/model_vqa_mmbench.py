@@ -11,8 +11,8 @@ import math
 
 from PIL import Image
 
-from llava.eval.answer_files import MalformedFileError
-from llava.eval.answering import Question, add_generation_args, generate_answers, require
+from llava.eval.answer_files import MalformedFileError, require
+from llava.eval.answering import Question, add_generation_args, generate_answers
 
 OPTIONS = ("A", "B", "C", "D")
 LETTER_PROMPT = {"en": "Answer with the option's letter from the given choices directly.", "cn": "请直接回答选项字母。"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.answer_files import MalformedFileError, read_json
-from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener, require
+from llava.eval.answer_files import MalformedFileError, read_json, require
+from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener
 
 CHOOSE = {"en": "\nChoose between one of the options as follows:\n", "zh": "\\在下列选项中选择一个:\n"}  # sic
 

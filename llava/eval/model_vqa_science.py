@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.answer_files import MalformedFileError, read_json
-from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener, require
+from llava.eval.answer_files import MalformedFileError, read_json, require
+from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener
 
 LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 
