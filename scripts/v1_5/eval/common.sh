@@ -51,3 +51,16 @@ generate() {
         $PYTHON -m "llava.eval.$module" "${common[@]}" "$@"
     fi
 }
+
+# need PATH SECTION: stop before any model is loaded when a benchmark file is missing
+need() {
+    if [ ! -e "$1" ]; then
+        echo "Missing $1 -- see EVAL.md, section $2, for where to get it." >&2
+        exit 1
+    fi
+}
+
+# answers_for BENCH [SPLIT]: the answer file of this model and method
+answers_for() {
+    echo "$EVAL_DIR/$1/answers/${2:+$2/}$CKPT_NAME/$TAG.jsonl"
+}
