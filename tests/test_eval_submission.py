@@ -49,6 +49,21 @@ def test_vqav2_fills_missing_ids_and_normalises(tmp_path, capsys):
     assert "EvalAI" in capsys.readouterr().out
 
 
+def test_vqav2_result_file_layout_of_our_scripts(tmp_path):
+    root = tmp_path / "vqav2"
+    make_vqav2(root, [{"question_id": 2, "prompt": "Q", "text": "Yes."}])
+    answers = write_jsonl(
+        root / "answers" / SPLIT / "llava-v1.5-7b" / "fastv-144.jsonl",
+        [{"question_id": 2, "prompt": "Q", "text": "Yes."}],
+    )
+    upload = root / "answers_upload" / SPLIT / "llava-v1.5-7b" / "fastv-144.json"
+    argv = ["--dir", str(root), "--split", SPLIT, "--result-file", str(answers), "--result-upload-file", str(upload)]
+    convert_vqav2_for_submission.main(argv)
+    assert json.loads(upload.read_text())[3] == {"question_id": 2, "answer": "yes"}
+    with pytest.raises(SystemExit, match="--ckpt"):
+        convert_vqav2_for_submission.main(["--dir", str(root), "--split", SPLIT])
+
+
 def test_vqav2_answers_for_no_test_question_are_refused(tmp_path):
     root = tmp_path / "vqav2"
     make_vqav2(root, [{"question_id": 99, "text": "yes"}])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 EVAL_DOC = "EVAL.md"
@@ -45,19 +46,53 @@ def section_for(path: str | os.PathLike) -> str:
     return "Layout"
 
 
+def _not_found(path: Path, what: str, section: str | None) -> MissingDataError:
+    section = section or section_for(path)
+    return MissingDataError(f"{what} not found: {path}. See {EVAL_DOC}, section {section}, for where to get it.")
+
+
 def require(path: str | os.PathLike | None, what: str, section: str | None = None) -> Path:
     """The path, or a clear error naming it and the EVAL.md section that says where to get it."""
     if not path:
         raise MissingDataError(f"No {what} given; see {EVAL_DOC}, section {section or 'Layout'}")
-    section = section or section_for(path)
     path = Path(path)
     if not path.exists():
-        raise MissingDataError(f"{what} not found: {path}. See {EVAL_DOC}, section {section}, for where to get it.")
+        raise _not_found(path, what, section)
     return path
+
+
+def require_file(path: str | os.PathLike | None, what: str, section: str | None = None) -> Path:
+    """`require` for a file: a folder of that name is reported as the file not found."""
+    path = require(path, what, section)
+    if not path.is_file():
+        raise _not_found(path, what, section)
+    return path
+
+
+def require_dir(path: str | os.PathLike | None, what: str, section: str | None = None) -> Path:
+    """`require` for a folder: a file of that name is reported as the folder not found."""
+    path = require(path, what, section)
+    if not path.is_dir():
+        raise _not_found(path, what, section)
+    return path
+
+
+def is_failed(record: dict) -> bool:
+    """Whether an answer record is a failed question: one whose "error" field is set."""
+    return bool(record.get("error"))
 
 
 class MalformedFileError(ValueError):
     """A question or answer file line that is not the JSON it should be."""
+
+
+@contextmanager
+def malformed_in(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a MalformedFileError from the block (about records, not their file) with `path` in front."""
+    try:
+        yield
+    except MalformedFileError as err:
+        raise MalformedFileError(f"{path}: {err}") from None
 
 
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict]:
@@ -146,10 +181,16 @@ class AnswerWriter:
             f.truncate(keep)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text (utf-8, newlines as given) through a temporary file and a rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
+    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2))

@@ -19,11 +19,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_jsonl, write_json_atomic
+from llava.eval.answer_files import (
+    EVAL_DOC,
+    MalformedFileError,
+    is_failed,
+    malformed_in,
+    read_jsonl,
+    require_file,
+    write_json_atomic,
+)
 
-EVAL_DOC = "EVAL.md"
+SECTION = "MM-Vet"
 MMVET_QUESTIONS = 218
 
 
@@ -40,19 +47,15 @@ def convert_answers(answers: Sequence[dict]) -> dict[str, str]:
 
 def convert_mmvet_for_eval(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """Write the grader's results JSON from an answers jsonl; returns counts ("reported" is None: external)."""
-    src = Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(f"MM-Vet answers file not found: {src}. See {EVAL_DOC}, section MM-Vet.")
+    src = require_file(src, "MM-Vet answers file", SECTION)
     answers = read_jsonl(src, required=("question_id", "text"))
-    try:
+    with malformed_in(src):
         results = convert_answers(answers)
-    except MalformedFileError as err:
-        raise MalformedFileError(f"{src}: {err}") from None
     write_json_atomic(dst, results)
     return {
         "reported": None,
         "n": len(results),
-        "failed": sum(1 for record in answers if "error" in record),
+        "failed": sum(1 for record in answers if is_failed(record)),
         "dst": str(dst),
     }
 
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     metrics = convert_mmvet_for_eval(args.src, args.dst)
     print(f"MM-Vet: wrote {metrics['n']} answers ({metrics['failed']} failed, empty) to {metrics['dst']}")
-    print("Grade it with the official MM-Vet GPT-4 grader (external; see EVAL.md, section MM-Vet).")
+    print(f"Grade it with the official MM-Vet GPT-4 grader (external; see {EVAL_DOC}, section {SECTION}).")
     if metrics["n"] != MMVET_QUESTIONS:
         print(f"warning: MM-Vet has {MMVET_QUESTIONS} questions, the answers file has {metrics['n']}", file=sys.stderr)
     return metrics

@@ -12,20 +12,11 @@ test-dev overall accuracy (LLaVA-1.5 7B: 50.0, 13B: 53.6), which this module can
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from llava.eval.answer_files import read_jsonl, write_json_atomic
+from llava.eval.answer_files import is_failed, read_jsonl, require_file, write_json_atomic
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
 
 SECTION = "VizWiz"
-
-
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See EVAL.md, section {SECTION}, for where to get it.")
-    return path
 
 
 def vizwiz_submission(questions: list[dict], answers: list[dict]) -> dict:
@@ -46,7 +37,7 @@ def vizwiz_submission(questions: list[dict], answers: list[dict]) -> dict:
     failed = 0
     for question in questions:
         answer = by_id[question["question_id"]]
-        if "error" in answer:
+        if is_failed(answer):
             failed += 1
             text = ""
         else:
@@ -66,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        questions = read_jsonl(_require(args.annotation_file, "VizWiz question file"), ("question_id", "image"))
-        answers = read_jsonl(_require(args.result_file, "VizWiz answer file"), ("question_id",))
+        questions = read_jsonl(
+            require_file(args.annotation_file, "VizWiz question file", SECTION), ("question_id", "image")
+        )
+        answers = read_jsonl(require_file(args.result_file, "VizWiz answer file", SECTION), ("question_id",))
         result = vizwiz_submission(questions, answers)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

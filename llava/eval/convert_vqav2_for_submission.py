@@ -13,22 +13,14 @@ accuracy (LLaVA-1.5 7B: 78.5, 13B: 80.0), which this module cannot compute ("rep
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from llava.eval.answer_files import read_jsonl, write_json_atomic
+from llava.eval.answer_files import is_failed, read_jsonl, require_file, write_json_atomic
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
 
 SECTION = "VQAv2"
 TEST_FILE = "llava_vqav2_mscoco_test2015.jsonl"
-
-
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See EVAL.md, section {SECTION}, for where to get it.")
-    return path
 
 
 def vqav2_submission(test_questions: list[dict], answers: list[dict]) -> dict:
@@ -51,7 +43,7 @@ def vqav2_submission(test_questions: list[dict], answers: list[dict]) -> dict:
         if answer is None:
             filled += 1
             text = ""
-        elif "error" in answer:
+        elif is_failed(answer):
             failed += 1
             text = ""
         else:
@@ -74,19 +66,29 @@ def vqav2_submission(test_questions: list[dict], answers: list[dict]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write the EvalAI submission file for VQAv2 answers.")
     parser.add_argument("--dir", type=str, default="./playground/data/eval/vqav2", help="the vqav2 benchmark folder")
-    parser.add_argument("--ckpt", type=str, required=True, help="answers/<split>/<ckpt>/merge.jsonl")
+    parser.add_argument("--ckpt", type=str, default=None, help="LLaVA's layout: answers/<split>/<ckpt>/merge.jsonl")
     parser.add_argument("--split", type=str, required=True, help="e.g. llava_vqav2_mscoco_test-dev2015")
+    parser.add_argument("--result-file", type=str, default=None, help="the answers jsonl (instead of --ckpt)")
+    parser.add_argument("--result-upload-file", type=str, default=None, help="where to write (with --result-file)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     root = Path(args.dir)
-    src = root / "answers" / args.split / args.ckpt / "merge.jsonl"
-    dst = root / "answers_upload" / args.split / f"{args.ckpt}.json"
+    if args.result_file:
+        src = Path(args.result_file)
+        dst = Path(args.result_upload_file or src.with_suffix(".upload.json"))
+    elif args.ckpt:
+        src = root / "answers" / args.split / args.ckpt / "merge.jsonl"
+        dst = root / "answers_upload" / args.split / f"{args.ckpt}.json"
+    else:
+        raise SystemExit("error: give --ckpt (LLaVA's answer layout) or --result-file")
     try:
-        answers = read_jsonl(_require(src, "VQAv2 merged answer file"), ("question_id",))
-        questions = read_jsonl(_require(root / TEST_FILE, "VQAv2 test2015 question file"), ("question_id",))
+        answers = read_jsonl(require_file(src, "VQAv2 merged answer file", SECTION), ("question_id",))
+        questions = read_jsonl(
+            require_file(root / TEST_FILE, "VQAv2 test2015 question file", SECTION), ("question_id",)
+        )
         result = vqav2_submission(questions, answers)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -19,21 +19,18 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_json, read_jsonl, write_json_atomic
+from llava.eval.answer_files import (
+    EVAL_DOC,
+    MalformedFileError,
+    is_failed,
+    read_json,
+    read_jsonl,
+    require,
+    write_json_atomic,
+)
 
-SECTION = "see EVAL.md, section GQA"
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} ({SECTION}, for where to get it)")
-    return path
-
-
-def _is_failed(record: dict) -> bool:
-    return bool(record.get("error"))
+SECTION = "GQA"
 
 
 def gqa_prediction(text: str) -> str:
@@ -46,7 +43,7 @@ def predictions_from_answers(answers: Iterable[dict]) -> list[dict]:
 
     A failed answer (one with an "error") predicts the empty string."""
     return [
-        {"questionId": str(r["question_id"]), "prediction": "" if _is_failed(r) else gqa_prediction(str(r["text"]))}
+        {"questionId": str(r["question_id"]), "prediction": "" if is_failed(r) else gqa_prediction(str(r["text"]))}
         for r in answers
     ]
 
@@ -86,7 +83,7 @@ def score_gqa(questions: dict[str, dict], answers: list[dict], allow_missing: bo
         "accuracy": accuracy,
         "correct": correct,
         "total": len(scored),
-        "failed": sum(_is_failed(r) for r in answers),
+        "failed": sum(is_failed(r) for r in answers),
         "missing": len(missing),
         "unmatched": sum(qid not in questions for qid in predictions),
         "by_type": {
@@ -102,11 +99,11 @@ def evaluate(
     allow_missing: bool = False,
 ) -> dict:
     """Read both files, optionally write the official predictions file, and score."""
-    questions = read_json(_require(Path(question_file), "GQA questions file (testdev_balanced_questions.json)"))
+    questions = read_json(require(question_file, "GQA questions file (testdev_balanced_questions.json)", SECTION))
     if not isinstance(questions, dict):
         raise MalformedFileError(f"{question_file}: expected a JSON object of questionId -> question")
     answers = read_jsonl(
-        _require(Path(result_file), "GQA answers file (run the generator first)"), required=("question_id", "text")
+        require(result_file, "GQA answers file (run the generator first)", SECTION), required=("question_id", "text")
     )
     if predictions_file is not None:
         write_json_atomic(predictions_file, predictions_from_answers(answers))
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--question-file",
         default="playground/data/eval/gqa/data/testdev_balanced_questions.json",
-        help="GQA's testdev_balanced_questions.json (see EVAL.md, GQA)",
+        help=f"GQA's testdev_balanced_questions.json (see {EVAL_DOC}, {SECTION})",
     )
     parser.add_argument("--result-file", required=True, help="answers jsonl (merged chunks)")
     parser.add_argument("--predictions-file", default=None, help="also write the official eval.py predictions here")

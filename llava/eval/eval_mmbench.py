@@ -40,9 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llava.eval.answer_files import MalformedFileError, read_jsonl
+from llava.eval.answer_files import MalformedFileError, is_failed, malformed_in, read_jsonl, require_file
 
-EVAL_DOC = "EVAL.md"
 CIRCULAR_STRIDE = 1_000_000
 DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 
@@ -56,13 +55,6 @@ def eval_section(path: str | os.PathLike) -> str:
     if "mmbench_cn" in path.parts or re.search(r"(^|[_\-.])cn([_\-.]|$)", path.name.lower()):
         return "MMBench-CN"
     return "MMBench"
-
-
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See {EVAL_DOC}, section {eval_section(path)}.")
-    return path
 
 
 def _is_none(value: object) -> bool:
@@ -127,7 +119,7 @@ def index_answers(answers: Sequence[dict]) -> tuple[dict[int, dict], int]:
 def read_tsv(path: str | os.PathLike, with_images: bool = False) -> pd.DataFrame:
     """The MMBench TSV (pandas' default missing-value rules, as LLaVA reads it); the base64 image column is skipped
     unless asked for."""
-    path = _require(path, "MMBench TSV")
+    path = require_file(path, "MMBench TSV", eval_section(path))
     try:
         table = pd.read_csv(path, sep="\t", usecols=None if with_images else (lambda column: column != "image"))
     except (ValueError, UnicodeDecodeError) as err:  # pandas' parser and empty-data errors are ValueErrors
@@ -138,7 +130,7 @@ def read_tsv(path: str | os.PathLike, with_images: bool = False) -> pd.DataFrame
 
 
 def read_answers(path: str | os.PathLike) -> list[dict]:
-    return read_jsonl(_require(path, "MMBench answers file"), required=("question_id", "text"))
+    return read_jsonl(require_file(path, "MMBench answers file", eval_section(path)), required=("question_id", "text"))
 
 
 def _ratio(correct: int, total: int) -> float:
@@ -157,7 +149,7 @@ def score_mmbench(table: pd.DataFrame, answers: Sequence[dict]) -> dict:
     if table.empty:
         raise ValueError("the TSV has no rows")
     by_index, other_rounds = index_answers(answers)
-    failed = sum(1 for record in answers if "error" in record)
+    failed = sum(1 for record in answers if is_failed(record))
     unmatched = missing = 0
     rows: list[tuple[int, str, bool]] = []  # (index, category, correct)
     for row in table.to_dict("records"):
@@ -219,10 +211,8 @@ def evaluate(annotation_file: str | os.PathLike, result_file: str | os.PathLike)
     """score_mmbench on files; malformed answers are reported with the answers file's path."""
     table = read_tsv(annotation_file)
     answers = read_answers(result_file)
-    try:
+    with malformed_in(result_file):
         return score_mmbench(table, answers)
-    except MalformedFileError as err:
-        raise MalformedFileError(f"{result_file}: {err}") from None
 
 
 def submission_table(table: pd.DataFrame, answers: Sequence[dict]) -> pd.DataFrame:
@@ -257,10 +247,8 @@ def write_submission(
     """`<upload_dir>/<experiment>.xlsx` for the OpenCompass MMBench server; returns its path."""
     table = read_tsv(annotation_file)
     answers = read_answers(result_file)
-    try:
+    with malformed_in(result_file):
         frame = submission_table(table, answers)
-    except MalformedFileError as err:
-        raise MalformedFileError(f"{result_file}: {err}") from None
     return write_xlsx_atomic(frame, Path(upload_dir) / f"{experiment}.xlsx")
 
 
@@ -303,14 +291,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("give --result-file, or --result-dir and --experiment")
     table = read_tsv(args.annotation_file)
     answers = read_answers(result_file)
-    try:
+    with malformed_in(result_file):
         if args.upload_dir:
             frame = submission_table(table, answers)
             path = write_xlsx_atomic(frame, Path(args.upload_dir) / f"{args.experiment or result_file.stem}.xlsx")
             print(f"Wrote {path}")
         metrics = score_mmbench(table, answers) if "answer" in table.columns else None
-    except MalformedFileError as err:
-        raise MalformedFileError(f"{result_file}: {err}") from None
     if metrics is None:
         if not args.upload_dir:
             parser.error(f"{args.annotation_file} has no answers (test split): only --upload-dir applies")

@@ -25,9 +25,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from llava.eval.answer_files import MalformedFileError, read_jsonl
+from llava.eval.answer_files import (
+    EVAL_DOC,
+    MalformedFileError,
+    is_failed,
+    read_jsonl,
+    require,
+    require_dir,
+    write_text_atomic,
+)
 
-SECTION = "see EVAL.md, section MME"
+SECTION = "MME"
+SEE_SECTION = f"see {EVAL_DOC}, section {SECTION}"
 
 SHORT_ANSWER_SENTENCE = "Answer the question using a single word or phrase."
 YES_NO_SENTENCE = "Please answer yes or no."
@@ -50,16 +59,6 @@ class MMERow(NamedTuple):
     pred: str
 
 
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} ({SECTION}, for where to get it)")
-    return path
-
-
-def _is_failed(record: dict) -> bool:
-    return bool(record.get("error"))
-
-
 # ----------------------------------------------------------------------------------------------- step 1: convert
 
 
@@ -68,12 +67,11 @@ def load_ground_truth(benchmark_dir: str | os.PathLike) -> GroundTruth:
 
     A category folder either holds images and their `.txt` files side by side, or `images/` plus
     `questions_answers_YN/` (artwork, celebrity, landmark, posters, scene)."""
-    root = _require(Path(benchmark_dir), "MME benchmark folder (MME_Benchmark_release_version)")
+    root = require(benchmark_dir, "MME benchmark folder (MME_Benchmark_release_version)", SECTION)
     gt: GroundTruth = {}
     for category_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
         qa_dir = category_dir / "questions_answers_YN" if (category_dir / "images").is_dir() else category_dir
-        if not qa_dir.is_dir():
-            raise FileNotFoundError(f"MME ground-truth folder not found: {qa_dir} ({SECTION})")
+        require_dir(qa_dir, "MME ground-truth folder", SECTION)
         for txt in sorted(qa_dir.glob("*.txt")):
             with txt.open(encoding="utf-8-sig") as f:
                 for number, line in enumerate(f, 1):
@@ -84,7 +82,7 @@ def load_ground_truth(benchmark_dir: str | os.PathLike) -> GroundTruth:
                         raise MalformedFileError(f"{txt}, line {number}: expected 'question<TAB>answer'")
                     gt[(category_dir.name, txt.name, fields[0])] = fields[1].strip()
     if not gt:
-        raise FileNotFoundError(f"No MME ground-truth .txt files under {root} ({SECTION})")
+        raise FileNotFoundError(f"No MME ground-truth .txt files under {root} ({SEE_SECTION})")
     return gt
 
 
@@ -128,9 +126,9 @@ def convert_answers(answers: Iterable[dict], ground_truth: GroundTruth) -> dict[
             raise ValueError(
                 f"MME: no ground truth for {record['question_id']!r} in {category}/{file}; tried "
                 + " and ".join(repr(c) for c in candidates)
-                + f" ({SECTION}: the answers must come from llava_mme.jsonl)"
+                + f" ({SEE_SECTION}: the answers must come from llava_mme.jsonl)"
             )
-        pred = "" if _is_failed(record) else _clean_field(str(record["text"]))
+        pred = "" if is_failed(record) else _clean_field(str(record["text"]))
         rows.setdefault(category, []).append(MMERow(file, prompt, ground_truth[(category, file, prompt)], pred))
     return rows
 
@@ -142,18 +140,14 @@ def write_results(rows: dict[str, list[MMERow]], results_dir: str | os.PathLike)
     written = []
     for category, category_rows in rows.items():
         path = results_dir / f"{category}.txt"
-        tmp = path.with_suffix(".txt.tmp")
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            for row in category_rows:
-                f.write("\t".join(row) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join("\t".join(row) + "\n" for row in category_rows))
         written.append(path)
     return written
 
 
 def read_results(results_dir: str | os.PathLike) -> dict[str, list[MMERow]]:
     """The per-category result files of a results folder (the official tool's input), for the known tasks."""
-    results_dir = _require(Path(results_dir), "MME results folder")
+    results_dir = require(results_dir, "MME results folder", SECTION)
     rows: dict[str, list[MMERow]] = {}
     for task in ALL_TASKS:
         path = results_dir / f"{task}.txt"
@@ -170,7 +164,7 @@ def read_results(results_dir: str | os.PathLike) -> dict[str, list[MMERow]]:
                 task_rows.append(MMERow(*fields))
         rows[task] = task_rows
     if not rows:
-        raise FileNotFoundError(f"No MME task result files (<task>.txt) in {results_dir} ({SECTION})")
+        raise FileNotFoundError(f"No MME task result files (<task>.txt) in {results_dir} ({SEE_SECTION})")
     return rows
 
 
@@ -201,7 +195,7 @@ def score_task(rows: list[MMERow], task: str = "") -> dict:
         if first.file != second.file:
             raise ValueError(
                 f"MME task {task!r}: answers {i + 1} and {i + 2} are for different images ({first.file}, "
-                f"{second.file}); the answers must be in question order, two per image ({SECTION})"
+                f"{second.file}); the answers must be in question order, two per image ({SEE_SECTION})"
             )
         right = 0
         for row in (first, second):
@@ -260,14 +254,14 @@ def evaluate(
     data_dir = Path(data_dir)
     benchmark_dir = Path(benchmark_dir) if benchmark_dir else data_dir / "MME_Benchmark_release_version"
     ground_truth = load_ground_truth(benchmark_dir)
-    result_file = _require(Path(result_file), "MME answers file (run the generator on llava_mme.jsonl first)")
+    result_file = require(result_file, "MME answers file (run the generator on llava_mme.jsonl first)", SECTION)
     answers = read_jsonl(result_file, required=("question_id", "prompt", "text"))
     if not answers:
         raise ValueError(f"MME answers file {result_file} is empty")
     rows = convert_answers(answers, ground_truth)
     if results_dir is not None:
         write_results(rows, results_dir)
-    return score_mme(rows, failed=sum(_is_failed(r) for r in answers))
+    return score_mme(rows, failed=sum(is_failed(r) for r in answers))
 
 
 def format_report(metrics: dict) -> str:
@@ -302,7 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m llava.eval.eval_mme",
         description="Score MME answers: convert them to the official per-category files, then compute the scores.",
     )
-    parser.add_argument("--data-dir", default="playground/data/eval/MME", help="the MME folder (see EVAL.md, MME)")
+    parser.add_argument(
+        "--data-dir", default="playground/data/eval/MME", help=f"the MME folder (see {EVAL_DOC}, {SECTION})"
+    )
     parser.add_argument("--result-file", default=None, help="answers jsonl; default <data-dir>/answers/<exp>.jsonl")
     parser.add_argument("--experiment", default=None, help="name of the run; default: the result file's stem")
     parser.add_argument("--benchmark-dir", default=None, help="default <data-dir>/MME_Benchmark_release_version")

@@ -22,18 +22,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_jsonl
+from llava.eval.answer_files import EVAL_DOC, MalformedFileError, is_failed, read_jsonl, require_dir, require_file
 
 SECTION = "POPE"
 SPLITS = ("adversarial", "popular", "random")
 NO_WORDS = frozenset({"No", "not", "no"})
-
-
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See EVAL.md, section {SECTION}, for where to get it.")
-    return path
 
 
 def parse_yes_no(text: str) -> str:
@@ -124,7 +117,7 @@ def score_pope(questions: list[dict], answers: list[dict], labels: dict[str, lis
             label = _label(label_record, where)
             _check_pairing(question, label_record, where)
             answer = by_id[question["question_id"]]
-            if "error" in answer:
+            if is_failed(answer):
                 failed += 1
                 prediction = "no" if label == "yes" else "yes"
             else:
@@ -149,7 +142,7 @@ def _check_pairing(question: dict, label_record: dict, where: str) -> None:
         raise ValueError(
             f"{where} is for image {label_record['image']!r} but the question paired with it by position "
             f"(question_id {question['question_id']!r}) is for {question['image']!r}; the question file and the labels "
-            "do not match (see EVAL.md, section POPE)"
+            f"do not match (see {EVAL_DOC}, section {SECTION})"
         )
     if "text" in question and "text" in label_record:
         asked = question["text"].split("\n", 1)[0].strip()
@@ -157,18 +150,17 @@ def _check_pairing(question: dict, label_record: dict, where: str) -> None:
             raise ValueError(
                 f"{where} asks {label_record['text']!r} but the question paired with it by position "
                 f"(question_id {question['question_id']!r}) asks {asked!r}; the question file and the labels do not "
-                "match (see EVAL.md, section POPE)"
+                f"match (see {EVAL_DOC}, section {SECTION})"
             )
 
 
 def load_labels(annotation_dir: str | os.PathLike, categories: Sequence[str]) -> dict[str, list[dict]]:
     """split -> records of `<annotation_dir>/coco_pope_<split>.json` (jsonl despite the name)."""
-    annotation_dir = Path(annotation_dir)
-    if not annotation_dir.is_dir():
-        raise FileNotFoundError(
-            f"POPE annotation folder not found: {annotation_dir}. See EVAL.md, section {SECTION}, for where to get it."
-        )
-    return {c: read_jsonl(_require(annotation_dir / f"coco_pope_{c}.json", "POPE label file")) for c in categories}
+    annotation_dir = require_dir(annotation_dir, "POPE annotation folder", SECTION)
+    return {
+        c: read_jsonl(require_file(annotation_dir / f"coco_pope_{c}.json", "POPE label file", SECTION))
+        for c in categories
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,8 +186,10 @@ def format_table(metrics: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        questions = read_jsonl(_require(args.question_file, "POPE question file"), ("question_id", "category"))
-        answers = read_jsonl(_require(args.result_file, "POPE answer file"), ("question_id",))
+        questions = read_jsonl(
+            require_file(args.question_file, "POPE question file", SECTION), ("question_id", "category")
+        )
+        answers = read_jsonl(require_file(args.result_file, "POPE answer file", SECTION), ("question_id",))
         categories = list(dict.fromkeys(q["category"] for q in questions))
         labels = load_labels(args.annotation_dir, categories)
         metrics = score_pope(questions, answers, labels)

@@ -33,27 +33,18 @@ import string
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_jsonl
+from llava.eval.answer_files import EVAL_DOC, MalformedFileError, is_failed, malformed_in, read_jsonl, require_file
 
-EVAL_DOC = "EVAL.md"
 SECTION = "Q-Bench"
 GROUP_FIELDS = ("type", "concern")
 
 _EXPLICIT_LETTER = re.compile(r"\(?([A-Z])(?:[.):]|\s*$)")
 
 
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See {EVAL_DOC}, section {SECTION}.")
-    return path
-
-
 def read_items(path: str | os.PathLike) -> list[dict]:
     """Q-Bench items from a JSON list, jsonl, or JSON objects written back to back (LLaVA's model_vqa_qbench)."""
-    path = _require(path, "Q-Bench question file")
+    path = require_file(path, "Q-Bench question file", SECTION)
     text = path.read_text(encoding="utf-8-sig")
     decoder = json.JSONDecoder()
     items: list[dict] = []
@@ -125,7 +116,7 @@ def score_qbench(items: Sequence[dict], answers: Sequence[dict] | None = None) -
     extra = 0
     if answers is None:
         responses = [item.get("response", item.get("text")) for item in items]
-        errored = ["error" in item for item in items]
+        errored = [is_failed(item) for item in items]
         failed = sum(errored)
     else:
         lookup = _item_lookup(items)
@@ -141,8 +132,8 @@ def score_qbench(items: Sequence[dict], answers: Sequence[dict] | None = None) -
                 raise MalformedFileError(f"question_id {record['question_id']} is answered more than once")
             seen.add(position)
             responses[position] = str(record.get("text") or "")
-            errored[position] = "error" in record
-        failed = sum(1 for record in answers if "error" in record)
+            errored[position] = is_failed(record)
+        failed = sum(1 for record in answers if is_failed(record))
     results = []
     for item, response, error in zip(items, responses, errored, strict=True):
         ok = (
@@ -176,11 +167,9 @@ def evaluate(question_file: str | os.PathLike, answers_file: str | os.PathLike |
     items = read_items(question_file)
     if answers_file is None:
         return score_qbench(items)
-    answers = read_jsonl(_require(answers_file, "Q-Bench answers file"), required=("question_id",))
-    try:
+    answers = read_jsonl(require_file(answers_file, "Q-Bench answers file", SECTION), required=("question_id",))
+    with malformed_in(answers_file):
         return score_qbench(items, answers)
-    except MalformedFileError as err:
-        raise MalformedFileError(f"{answers_file}: {err}") from None
 
 
 def format_table(metrics: dict, title: str = "Q-Bench") -> str:

@@ -21,27 +21,16 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.answer_files import MalformedFileError, read_json, read_jsonl, write_json_atomic
+from llava.eval.answer_files import MalformedFileError, is_failed, read_json, read_jsonl, require, write_json_atomic
 
-SECTION = "see EVAL.md, section ScienceQA"
+SECTION = "ScienceQA"
 
 OPTIONS = ("A", "B", "C", "D", "E")
 FAILED = "FAILED"
 # as in the original: the "." is unescaped, so any character may follow the letter
 ANSWER_PATTERN = re.compile(r"The answer is ([A-Z]).")
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} ({SECTION}, for where to get it)")
-    return path
-
-
-def _is_failed(record: dict) -> bool:
-    return bool(record.get("error"))
 
 
 def parse_answer(text: str) -> str:
@@ -77,7 +66,7 @@ def score_science_qa(problems: dict[str, dict], split_ids: list[str], answers: l
         if record is None:
             text, prompt, multimodal = FAILED, "Unknown", bool(problem.get("image"))
         else:
-            text = "" if _is_failed(record) else str(record["text"])
+            text = "" if is_failed(record) else str(record["text"])
             prompt = str(record.get("prompt", ""))
             multimodal = DEFAULT_IMAGE_TOKEN in prompt if "prompt" in record else bool(problem.get("image"))
         letter = parse_answer(text)
@@ -114,7 +103,7 @@ def score_science_qa(problems: dict[str, dict], split_ids: list[str], answers: l
         "img_correct": img_correct,
         "img_total": img_total,
         "unparsed": unparsed,
-        "failed": sum(_is_failed(r) for r in answers),
+        "failed": sum(is_failed(r) for r in answers),
         "missing": sum(str(pid) not in by_id for pid in split_ids),
         "per_problem": per_problem,
     }
@@ -145,13 +134,13 @@ def evaluate(
     output_file: str | os.PathLike | None = None,
     output_result: str | os.PathLike | None = None,
 ) -> dict:
-    base_dir = _require(Path(base_dir), "ScienceQA folder")
-    splits = read_json(_require(base_dir / "pid_splits.json", "ScienceQA pid_splits.json"))
+    base_dir = require(base_dir, "ScienceQA folder", SECTION)
+    splits = read_json(require(base_dir / "pid_splits.json", "ScienceQA pid_splits.json", SECTION))
     if split not in splits:
         raise ValueError(f"ScienceQA: split {split!r} not in {base_dir / 'pid_splits.json'} (has {', '.join(splits)})")
-    problems = read_json(_require(base_dir / "problems.json", "ScienceQA problems.json"))
+    problems = read_json(require(base_dir / "problems.json", "ScienceQA problems.json", SECTION))
     answers = read_jsonl(
-        _require(Path(result_file), "ScienceQA answers file (run the generator first)"),
+        require(result_file, "ScienceQA answers file (run the generator first)", SECTION),
         required=("question_id", "text"),
     )
     metrics = score_science_qa(problems, splits[split], answers)

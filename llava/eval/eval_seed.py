@@ -19,21 +19,18 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_json, read_jsonl
+from llava.eval.answer_files import (
+    EVAL_DOC,
+    MalformedFileError,
+    is_failed,
+    read_json,
+    read_jsonl,
+    require,
+    write_text_atomic,
+)
 
-SECTION = "see EVAL.md, section SEED-Bench"
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} ({SECTION}, for where to get it)")
-    return path
-
-
-def _is_failed(record: dict) -> bool:
-    return bool(record.get("error"))
+SECTION = "SEED-Bench"
 
 
 def _sort_key(type_id) -> tuple:
@@ -63,7 +60,7 @@ def score_seed(annotation: dict, answers: list[dict]) -> dict:
     for q in questions:
         record = by_id.get(str(q["question_id"]))
         missing += record is None
-        right = int(record is not None and not _is_failed(record) and record["text"] == q["answer"])
+        right = int(record is not None and not is_failed(record) and record["text"] == q["answer"])
         for table, key in ((types, str(q["question_type_id"])), (data_types, str(q.get("data_type", "image")))):
             counts = table.setdefault(key, [0, 0])
             counts[0] += right
@@ -86,7 +83,7 @@ def score_seed(annotation: dict, answers: list[dict]) -> dict:
         "video": _percent(*video),
         "video_total": video[1],
         "types": per_type,
-        "failed": sum(_is_failed(r) for r in answers),
+        "failed": sum(is_failed(r) for r in answers),
         "missing": missing,
     }
 
@@ -104,28 +101,22 @@ def upload_rows(annotation: dict, answers: list[dict]) -> list[dict]:
     rows = []
     for q in annotation["questions"]:
         record = by_id[str(q["question_id"])]
-        rows.append({"question_id": q["question_id"], "prediction": "" if _is_failed(record) else record["text"]})
+        rows.append({"question_id": q["question_id"], "prediction": "" if is_failed(record) else record["text"]})
     return rows
 
 
 def write_upload_file(path: str | os.PathLike, rows: list[dict]) -> None:
     """jsonl through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def load(annotation_file: str | os.PathLike, result_file: str | os.PathLike) -> tuple[dict, list[dict]]:
     """The annotation (SEED-Bench.json) and the answer records."""
-    annotation = read_json(_require(Path(annotation_file), "SEED-Bench annotation file (SEED-Bench.json)"))
+    annotation = read_json(require(annotation_file, "SEED-Bench annotation file (SEED-Bench.json)", SECTION))
     if not isinstance(annotation, dict):
         raise MalformedFileError(f"{annotation_file}: expected a JSON object with a 'questions' list")
     answers = read_jsonl(
-        _require(Path(result_file), "SEED-Bench answers file (run the generator first)"),
+        require(result_file, "SEED-Bench answers file (run the generator first)", SECTION),
         required=("question_id", "text"),
     )
     return annotation, answers
@@ -161,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--annotation-file",
         default="playground/data/eval/seed_bench/SEED-Bench.json",
-        help="SEED-Bench.json (see EVAL.md, SEED-Bench)",
+        help=f"SEED-Bench.json (see {EVAL_DOC}, {SECTION})",
     )
     parser.add_argument("--result-file", required=True, help="answers jsonl (merged chunks)")
     parser.add_argument("--result-upload-file", default=None, help="also write the leaderboard jsonl here")

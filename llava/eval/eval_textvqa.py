@@ -16,18 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from llava.eval.answer_files import MalformedFileError, read_json, read_jsonl
+from llava.eval.answer_files import MalformedFileError, is_failed, read_json, read_jsonl, require_file
 from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
 
 SECTION = "TextVQA"
 OCR_LINE = "Reference OCR token:"
-
-
-def _require(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. See EVAL.md, section {SECTION}, for where to get it.")
-    return path
 
 
 def question_from_prompt(prompt: str) -> str:
@@ -70,7 +63,7 @@ def score_textvqa(annotations: list[dict], results: list[dict]) -> dict:
                 "llava_textvqa_val_v051_ocr.jsonl?"
             )
         answered.add(key)
-        if "error" in result:
+        if is_failed(result):
             failed += 1
             scores.append(0.0)
         else:
@@ -88,7 +81,7 @@ def score_textvqa(annotations: list[dict], results: list[dict]) -> dict:
 
 
 def load_annotations(path: str | os.PathLike) -> list[dict]:
-    data = read_json(_require(path, "TextVQA annotation file"))
+    data = read_json(require_file(path, "TextVQA annotation file", SECTION))
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise MalformedFileError(f"{path}: expected a JSON object with a 'data' list (TextVQA_0.5.1_val.json)")
     return data["data"]
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         annotations = load_annotations(args.annotation_file)
-        results = read_jsonl(_require(args.result_file, "TextVQA answer file"))
+        results = read_jsonl(require_file(args.result_file, "TextVQA answer file", SECTION))
         metrics = score_textvqa(annotations, results)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

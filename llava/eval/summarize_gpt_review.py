@@ -40,9 +40,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from llava.eval.answer_files import read_jsonl
+from llava.eval.answer_files import is_failed, read_jsonl, require_dir, require_file
 
-EVAL_DOC = "EVAL.md"
 SECTION = "LLaVA-Bench"
 OVERALL = "all"
 
@@ -93,7 +92,7 @@ def summarize_reviews(reviews: Sequence[dict]) -> dict:
     by_category: dict[str, list[tuple[float, float]]] = defaultdict(list)
     failed = 0
     for record in reviews:
-        pair = None if "error" in record else review_scores(record)
+        pair = None if is_failed(record) else review_scores(record)
         if pair is None:
             failed += 1
             continue
@@ -128,10 +127,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def read_reviews(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Review file not found: {path}. See {EVAL_DOC}, section {SECTION}.")
-    return read_jsonl(path)
+    return read_jsonl(require_file(path, "Review file", SECTION))
 
 
 def summarize_files(paths: Sequence[str | os.PathLike]) -> dict:
@@ -167,10 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     paths = [Path(p) for p in args.files]
     if args.dir:
-        folder = Path(args.dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"Review folder not found: {folder}. See {EVAL_DOC}, section {SECTION}.")
-        paths += sorted(folder.glob("*.jsonl"))
+        paths += sorted(require_dir(args.dir, "Review folder", SECTION).glob("*.jsonl"))
     if not paths:
         parser.error("give review files with -f, or a folder of them with -d")
     result = summarize_files(paths)

@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from llava.eval.answer_files import iter_jsonl
+from llava.eval.answer_files import is_failed, iter_jsonl
 
 EFFICIENCY = (
     "equal_tokens",
@@ -81,7 +81,7 @@ def efficiency(answers: Path) -> dict:
     total = failed = 0
     for record in iter_jsonl(answers):
         total += 1
-        failed += bool(record.get("error"))
+        failed += is_failed(record)
         for key in EFFICIENCY:
             value = record.get("metadata", {}).get(key)
             if isinstance(value, (int, float)):
