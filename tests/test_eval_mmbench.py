@@ -157,6 +157,14 @@ def test_submission_xlsx_round_trip(tmp_path):
     assert list(frame["answer"]) == ["A", "B", "C", "B", "C", "D", "A", "A"]
 
 
+def test_control_characters_in_answers_do_not_break_the_xlsx(tmp_path):
+    tsv = write_tsv(tmp_path / "mmbench_dev.tsv")
+    answers = write_jsonl(tmp_path / "exp.jsonl", [{"question_id": 0, "text": "B\x07\x1b dog"}])
+    path = eval_mmbench.write_submission(tsv, answers, tmp_path / "upload", "exp")
+    frame = pd.read_excel(path, engine="openpyxl")
+    assert frame.loc[frame["index"] == 0, "prediction"].item() == "B dog"
+
+
 def test_interrupted_xlsx_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
     target = tmp_path / "upload" / "exp.xlsx"
     target.parent.mkdir()

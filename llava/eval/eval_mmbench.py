@@ -221,7 +221,12 @@ def submission_table(table: pd.DataFrame, answers: Sequence[dict]) -> pd.DataFra
     out = table.drop(columns=[column for column in DROPPED_COLUMNS if column in table.columns])
     options = [c for c in out.columns if isinstance(c, str) and len(c) == 1 and c in string.ascii_uppercase]
     position = out.columns.get_loc(options[-1]) + 1 if options else len(out.columns)
-    predictions = [by_index[i]["text"] if i in by_index else None for i in map(_index, out["index"])]
+    # control characters a model may emit cannot be stored in a worksheet; drop them
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    predictions = [
+        ILLEGAL_CHARACTERS_RE.sub("", by_index[i]["text"]) if i in by_index else None for i in map(_index, out["index"])
+    ]
     out.insert(position, "prediction", predictions)
     return out
 
