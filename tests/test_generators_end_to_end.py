@@ -41,8 +41,13 @@ def test_science_qa(tiny_llava, tmp_path):
     items, problems = [], {}
     for i in range(4):
         pid = str(100 + i)
-        item = {"id": pid, "conversations": [{"from": "human", "value": f"Question {i}?\nA. red\nB. blue"},
-                                             {"from": "gpt", "value": "A"}]}
+        item = {
+            "id": pid,
+            "conversations": [
+                {"from": "human", "value": f"Question {i}?\nA. red\nB. blue"},
+                {"from": "gpt", "value": "A"},
+            ],
+        }
         if i % 2 == 0:  # half with an image
             (root / "images" / "test" / pid).mkdir(parents=True)
             random_image(i).save(root / "images" / "test" / pid / "image.png")
@@ -54,9 +59,18 @@ def test_science_qa(tiny_llava, tmp_path):
     (root / "llava_test_CQM-A.json").write_text(json.dumps(items))
     (root / "problems.json").write_text(json.dumps(problems))
     (root / "pid_splits.json").write_text(json.dumps({"test": list(problems)}))
-    records, path = _answer(model_vqa_science.main, tiny_llava, tmp_path, [
-        "--question-file", str(root / "llava_test_CQM-A.json"), "--image-folder", str(root / "images" / "test"),
-        "--single-pred-prompt"])
+    records, path = _answer(
+        model_vqa_science.main,
+        tiny_llava,
+        tmp_path,
+        [
+            "--question-file",
+            str(root / "llava_test_CQM-A.json"),
+            "--image-folder",
+            str(root / "images" / "test"),
+            "--single-pred-prompt",
+        ],
+    )
     assert [r["prompt"].startswith("<image>\n") for r in records] == [True, False, True, False]
     metrics = eval_science_qa.main(["--base-dir", str(root), "--result-file", str(path)])
     assert metrics["failed"] == 0 and 0 <= metrics["reported"] <= 100
@@ -73,18 +87,42 @@ def test_mmbench(tiny_llava, tmp_path):
     for base in range(2):
         for shift in range(2):  # a circular copy of each question
             options = ["cat", "dog"] if shift == 0 else ["dog", "cat"]
-            rows.append({"index": base + shift * 1_000_000, "question": f"Which animal {base}?", "hint": "A hint.",
-                         "A": options[0], "B": options[1], "C": float("nan"), "D": float("nan"),
-                         "answer": "A" if shift == 0 else "B", "category": "animals", "l2-category": "x",
-                         "source": "s", "comment": "", "image": _b64(random_image(base))})
+            rows.append(
+                {
+                    "index": base + shift * 1_000_000,
+                    "question": f"Which animal {base}?",
+                    "hint": "A hint.",
+                    "A": options[0],
+                    "B": options[1],
+                    "C": float("nan"),
+                    "D": float("nan"),
+                    "answer": "A" if shift == 0 else "B",
+                    "category": "animals",
+                    "l2-category": "x",
+                    "source": "s",
+                    "comment": "",
+                    "image": _b64(random_image(base)),
+                }
+            )
     tsv = tmp_path / "mmbench" / "mmbench_dev_20230712.tsv"
     tsv.parent.mkdir()
     pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False)
-    records, path = _answer(model_vqa_mmbench.main, tiny_llava, tmp_path,
-                            ["--question-file", str(tsv), "--single-pred-prompt"])
+    records, path = _answer(
+        model_vqa_mmbench.main, tiny_llava, tmp_path, ["--question-file", str(tsv), "--single-pred-prompt"]
+    )
     assert len(records) == 4
-    metrics = eval_mmbench.main(["--annotation-file", str(tsv), "--result-file", str(path),
-                                 "--upload-dir", str(tmp_path / "upload"), "--experiment", "tiny"])
+    metrics = eval_mmbench.main(
+        [
+            "--annotation-file",
+            str(tsv),
+            "--result-file",
+            str(path),
+            "--upload-dir",
+            str(tmp_path / "upload"),
+            "--experiment",
+            "tiny",
+        ]
+    )
     assert metrics["failed"] == 0 and 0 <= metrics["reported"] <= 100
     assert list(pd.read_excel(tmp_path / "upload" / "tiny.xlsx")["index"]) == [r["index"] for r in rows]
 
@@ -97,8 +135,12 @@ def test_model_vqa_for_mm_vet(tiny_llava, tmp_path):
         random_image(i).save(root / "images" / f"v1_{i}.png")
         questions.append({"question_id": i, "image": f"v1_{i}.png", "text": f"Describe picture {i}."})
     (root / "llava-mm-vet.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    records, path = _answer(model_vqa.main, tiny_llava, tmp_path, [
-        "--question-file", str(root / "llava-mm-vet.jsonl"), "--image-folder", str(root / "images")])
+    records, path = _answer(
+        model_vqa.main,
+        tiny_llava,
+        tmp_path,
+        ["--question-file", str(root / "llava-mm-vet.jsonl"), "--image-folder", str(root / "images")],
+    )
     convert_mmvet_for_eval.main(["--src", str(path), "--dst", str(root / "results" / "tiny.json")])
     results = json.loads((root / "results" / "tiny.json").read_text())
     assert results == {f"v1_{r['question_id']}": r["text"] for r in records}
@@ -111,12 +153,30 @@ def test_qbench(tiny_llava, tmp_path, lang):
     items = []
     for i in range(3):
         random_image(i, size=(80, 50)).save(root / "images_llvisionqa" / f"{i}.jpg")
-        items.append({"img_path": f"{i}.jpg", "question": f"Is image {i} blurry?", "candidates": ["Yes", "No"],
-                      "correct_ans": "No", "type": 0, "concern": 1})
+        items.append(
+            {
+                "img_path": f"{i}.jpg",
+                "question": f"Is image {i} blurry?",
+                "candidates": ["Yes", "No"],
+                "correct_ans": "No",
+                "type": 0,
+                "concern": 1,
+            }
+        )
     (root / "llvisionqa_dev.json").write_text(json.dumps(items))
-    records, path = _answer(model_vqa_qbench.main, tiny_llava, tmp_path, [
-        "--questions-file", str(root / "llvisionqa_dev.json"), "--image-folder", str(root / "images_llvisionqa"),
-        "--lang", lang])
+    records, path = _answer(
+        model_vqa_qbench.main,
+        tiny_llava,
+        tmp_path,
+        [
+            "--questions-file",
+            str(root / "llvisionqa_dev.json"),
+            "--image-folder",
+            str(root / "images_llvisionqa"),
+            "--lang",
+            lang,
+        ],
+    )
     head = "\nChoose between one of the options as follows:\n" if lang == "en" else "\\在下列选项中选择一个:\n"
     assert records[0]["prompt"] == "Is image 0 blurry?" + head + "A. Yes\nB. No\n"
     metrics = eval_qbench.main(["--question-file", str(root / "llvisionqa_dev.json"), "--answers-file", str(path)])
