@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import process_images, tokenizer_image_token
-
-
-def random_image(seed: int, size=(320, 240)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+from llava.testing.images import random_image  # noqa: F401  (re-exported for the tests)
 
 
 def prompt_ids(tokenizer, question: str, conv_mode: str = "vicuna_v1") -> torch.Tensor:

@@ -46,6 +46,7 @@ def _scorer_args(bench: str, folder: Path, split: str, answers: Path, model: str
         "seed_bench": ("eval_seed", ["--annotation-file", folder / "SEED-Bench.json"]),
         "mmbench": ("eval_mmbench", ["--annotation-file", folder / f"{split}.tsv"]),
         "mmbench_cn": ("eval_mmbench", ["--annotation-file", folder / f"{split}.tsv"]),
+        "synthetic": ("llava.synthetic.benchmark", ["score", "--data", folder]),
     }
     if bench == "qbench" and split == "dev":
         return "eval_qbench", ["--question-file", str(folder / "llvisionqa_dev.json"), "--answers-file", str(answers)]
@@ -100,7 +101,7 @@ def score(run: dict, eval_dir: Path) -> tuple[float | None, str]:
     module, argv = spec
     import importlib
 
-    scorer = importlib.import_module(f"llava.eval.{module}")
+    scorer = importlib.import_module(module if "." in module else f"llava.eval.{module}")
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             metrics = scorer.main(argv)

@@ -126,12 +126,15 @@ def locate_model(model_path: str) -> Path:
         ) from None
 
 
-def locate_vision_tower(name: str, source: str) -> Path:
-    """A local folder for the CLIP tower `name`: itself if it is a folder, else its Hugging Face cache snapshot
+def locate_vision_tower(name: str, source: str, model_dir: Path | None = None) -> Path:
+    """A local folder for the CLIP tower `name`: itself if it is a folder (a relative path is also tried against
+    the checkpoint folder, so a checkpoint can ship its tower beside it), else its Hugging Face cache snapshot
     (downloading it only when the Hub is reachable and HF_HUB_OFFLINE is not set)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if model_dir is not None and not path.is_absolute() and (model_dir / path).is_dir():
+        return (model_dir / path).resolve()
     how_to = (
         "Download it (for LLaVA-1.5: `hf download openai/clip-vit-large-patch14-336 --local-dir DIR`) and pass "
         "vision_tower=DIR (CLI: --vision-tower DIR)."
@@ -240,7 +243,7 @@ def load_pretrained_model(
         source = "vision_tower argument" if vision_tower else f"mm_vision_tower in {model_dir / 'config.json'}"
         if not name:
             raise VisionTowerNotFoundError(f"No vision tower: config.json has no mm_vision_tower ({model_dir})")
-        tower_dir = locate_vision_tower(name, source)
+        tower_dir = locate_vision_tower(name, source, model_dir)
         clip = _load_clip(tower_dir, tower_dtype, target).eval()
         if tower_state and config.unfreeze_mm_vision_tower:  # LLaVA-1.6: the fine-tuned tower is in the checkpoint
             clip.load_state_dict({k: v.to(tower_dtype) for k, v in tower_state.items()}, strict=False)

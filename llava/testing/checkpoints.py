@@ -9,6 +9,7 @@ checkpoints, a tokenizer, no vision tower); `convert_to_llava_hf` rewrites such 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,8 @@ def write_tiny_clip(
     num_layers: int = 3,
     num_heads: int = 4,
     seed: int = 0,
+    intermediate_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A random CLIP (vision + text) checkpoint folder; returns it."""
     from transformers import CLIPConfig, CLIPModel
@@ -50,7 +53,7 @@ def write_tiny_clip(
         ),
         vision_config=dict(
             hidden_size=hidden_size,
-            intermediate_size=4 * hidden_size,
+            intermediate_size=intermediate_size or 4 * hidden_size,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             image_size=image_size,
@@ -58,7 +61,9 @@ def write_tiny_clip(
         ),
         projection_dim=hidden_size,
     )
-    CLIPModel(config).save_pretrained(str(folder))
+    with _default_dtype(dtype):
+        model = CLIPModel(config)
+    model.save_pretrained(str(folder))
     CLIPImagePreprocessor(size=image_size, crop_size=image_size).save_pretrained(folder)
     return folder
 
@@ -89,6 +94,16 @@ def tiny_llava_config(
         tie_word_embeddings=False,
     )
     return LlavaConfig(text_config=text, mm_vision_tower=vision_tower, mm_hidden_size=mm_hidden_size)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _save_shards(state: dict[str, torch.Tensor], folder: Path, num_shards: int, safetensors: bool) -> None:
@@ -128,11 +143,15 @@ def write_tiny_llava(
     num_shards: int = 2,
     safetensors: bool = True,
     seed: int = 0,
+    vocab_size: int | None = None,
+    num_kv_heads: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """A random original-format LLaVA-1.5 checkpoint using the CLIP tower in `clip_folder`; returns the folder."""
+    """A random original-format LLaVA-1.5 checkpoint using the CLIP tower in `clip_folder`; returns the folder.
+    `vocab_size` larger than the tiny tokenizer's gives real-size embedding and lm_head matrices (benchmarks)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_size = save_tokenizer(folder)
+    vocab_size = max(save_tokenizer(folder), vocab_size or 0)
     clip_config = json.loads((Path(clip_folder) / "config.json").read_text())["vision_config"]
     config = tiny_llava_config(
         str(Path(clip_folder).resolve()),
@@ -143,8 +162,11 @@ def write_tiny_llava(
         num_heads,
         intermediate_size,
     )
+    if num_kv_heads:
+        config.text_config.num_key_value_heads = num_kv_heads
     torch.manual_seed(seed)
-    model = LlavaLlamaForCausalLM(config)
+    with _default_dtype(dtype):
+        model = LlavaLlamaForCausalLM(config)
     with torch.no_grad():  # sharper attention, so that answers depend on the prompt and the image
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(4.0)

@@ -31,7 +31,7 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512) -> Tokenizer:
+def build_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None) -> Tokenizer:
     """Train the tiny BPE deterministically on the built-in corpus, then lay the vocabulary out like LLaMA's."""
     alphabet = [chr(c) for c in range(32, 127)] + ["▁"]
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -42,7 +42,7 @@ def build_tokenizer(vocab_size: int = 512) -> Tokenizer:
         initial_alphabet=alphabet,
         show_progress=False,
     )
-    trainer_tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    trainer_tok.train_from_iterator((_CORPUS + list(corpus or [])) * 4, trainer=trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     pieces = sorted((i, p) for p, i in learned["vocab"].items() if p not in SPECIAL_TOKENS)
     # Byte tokens are ordinary vocabulary entries (ids 3..258), as in LLaMA, so decoding keeps them.
@@ -62,11 +62,16 @@ def build_tokenizer(vocab_size: int = 512) -> Tokenizer:
     return tok
 
 
-def save_tokenizer(folder: str | Path, vocab_size: int = 512, extra_special_tokens: list[str] | None = None) -> int:
+def save_tokenizer(
+    folder: str | Path,
+    vocab_size: int = 512,
+    extra_special_tokens: list[str] | None = None,
+    corpus: list[str] | None = None,
+) -> int:
     """Write `tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json`; return the vocabulary size."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(vocab_size)
+    tok = build_tokenizer(vocab_size, corpus)
     added = {}
     for token in extra_special_tokens or []:
         tok.add_special_tokens([token])

@@ -62,30 +62,28 @@ def generate(
 
     from llava.sparse.accounting import Timer
 
-    total = Timer(model.device).__enter__()
-    prefill = model.prefill(input_ids, images, attention_mask, use_cache=True)
-    logits = model.lm_head(prefill.hidden_states[:, -1]).float()
-    batch = logits.shape[0]
-    finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
-    tokens = []
-    for step in range(max_new_tokens):
-        logits[:, model.config.num_text_tokens :] = float("-inf")
-        if sampling:
-            probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        else:
-            next_tokens = logits.argmax(-1)
-        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
-        tokens.append(next_tokens)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
-        finished |= torch.isin(next_tokens, eos_ids)
-        if step + 1 == max_new_tokens or bool(finished.all()):
-            break
-        logits = model.decode_step(next_tokens, prefill.cache)
+    with Timer(model.device) as total:
+        prefill = model.prefill(input_ids, images, attention_mask, use_cache=True)
+        logits = model.lm_head(prefill.hidden_states[:, -1]).float()
+        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=model.device)
+        tokens = []
+        for step in range(max_new_tokens):
+            logits[:, model.config.num_text_tokens :] = float("-inf")
+            if sampling:
+                probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+                next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                next_tokens = logits.argmax(-1)
+            next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
+            tokens.append(next_tokens)
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            finished |= torch.isin(next_tokens, eos_ids)
+            if step + 1 == max_new_tokens or bool(finished.all()):
+                break
+            logits = model.decode_step(next_tokens, prefill.cache)
     if streamer is not None:
         streamer.end()
-    total.__exit__(None, None, None)
     for account in prefill.accounts:
         account.total_ms = total.ms
     model.last_accounts = prefill.accounts

@@ -1,0 +1,324 @@
+"""Is pruning as fast as its FLOPs say? Decoder-prefill latency of every method against its FLOPs, side by side.
+
+    python -m llava.bench --shape cpu                   # LLaVA-7B's 32 layers at hidden 1024 (CPU-sized)
+    python -m llava.bench --shape llava-v1.5-7b --dtype float16 --attn sdpa flash_attention_2   # on a GPU
+    python -m llava.bench --smoke                       # seconds: tiny shape, every row and column
+
+Random-weight models of the named shape are written in the real checkpoint format and loaded through
+`load_pretrained_model`; random weights give true timings because every budget here fixes the token counts. The
+same LLaVA-1.5 prompt (vicuna_v1 system prompt, 576 visual tokens, a short question) runs unpruned and with
+SparseVLM v1.5 / v2.0, FastV (K=2), FasterVLM and random pruning at 192 / 128 / 64 tokens. Runs are interleaved in
+one process (warm-up, then `--repeats` rounds over all rows), and medians are compared, so a noisy machine does not
+bias the ratios. Per row: equal tokens, decoder FLOPs ratio to unpruned (the ideal), measured decoder-prefill
+latency ratio, overhead = measured / ideal - 1, time to first token (vision tower included), decode ms per token,
+KV-cache MB, peak memory (CUDA max allocated, or peak RSS growth on CPU), and batch 1 / batch 8 answers per second.
+Results: `<out>/<shape>.json`, `.md` and `.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    # name: (llm hidden, layers, heads, kv heads, mlp, vocab, vision hidden, vision layers, vision heads, vision mlp)
+    "llava-v1.5-7b": (4096, 32, 32, 32, 11008, 32000, 1024, 24, 16, 4096),
+    "llava-v1.5-13b": (5120, 40, 40, 40, 13824, 32000, 1024, 24, 16, 4096),
+    "cpu": (1024, 32, 8, 8, 2752, 32000, 256, 24, 4, 1024),
+    "tiny": (64, 32, 4, 4, 172, 512, 32, 3, 4, 128),
+}
+BUDGETS = (192, 128, 64)
+QUESTION = "What is the color of the bus in the image?\nAnswer the question using a single word or phrase."
+
+
+def methods() -> list[tuple[str, object]]:
+    from llava.sparse.engine import PruningMethod
+    from llava.sparse.fastv import FastV
+    from llava.sparse.pre_llm import FasterVLM, RandomPruning
+    from llava.sparse.sparsevlm import SparseVLM
+
+    rows = [("none", PruningMethod())]
+    for budget in BUDGETS:
+        rows += [
+            (f"sparsevlm-1_0-{budget}", SparseVLM("1_0", budget)),
+            (f"sparsevlm-2_0-{budget}", SparseVLM("2_0", budget)),
+            (f"fastv-{budget}", FastV(k=2, retained_tokens=budget)),
+            (f"fastervlm-{budget}", FasterVLM(budget)),
+            (f"random-{budget}", RandomPruning(budget)),
+        ]
+    return rows
+
+
+def write_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
+    from llava.testing.checkpoints import write_tiny_clip, write_tiny_llava
+
+    hidden, layers, heads, kv, mlp, vocab, v_hidden, v_layers, v_heads, v_mlp = SHAPES[shape]
+    clip = write_tiny_clip(
+        folder / "clip",
+        hidden_size=v_hidden,
+        num_layers=v_layers,
+        num_heads=v_heads,
+        intermediate_size=v_mlp,
+        dtype=dtype,
+    )
+    return write_tiny_llava(
+        folder / f"bench-{shape}",
+        clip,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=mlp,
+        vocab_size=vocab,
+        num_kv_heads=kv,
+        num_shards=4,
+        dtype=dtype,
+    )
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA max allocated, or on CPU the peak growth of resident memory (sampled)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.0005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+@dataclasses.dataclass
+class Sample:
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms_per_token: float
+    peak_mb: float
+
+
+def measure(model, ids, pixels, new_tokens: int) -> tuple[Sample, object]:
+    """One generation of `new_tokens` tokens: decoder-prefill time, time to first token, decode time per token."""
+    from llava.sparse.accounting import Timer
+
+    device = model.device
+    with PeakMemory(device) as memory, torch.inference_mode():
+        with Timer(device) as first:
+            prefill = model.prefill(ids, pixels)
+            token = model.lm_head(prefill.hidden_states[:, -1]).float().argmax(-1)
+        with Timer(device) as rest:
+            for _ in range(new_tokens - 1):
+                token = model.decode_step(token, prefill.cache).argmax(-1)
+    account = prefill.accounts[0]
+    decode = rest.ms / max(new_tokens - 1, 1)
+    return Sample(account.prefill_ms, first.ms, decode, memory.mb), account
+
+
+def throughput(model, ids, pixels, batch: int, new_tokens: int) -> float:
+    """Answers per second generating `new_tokens` tokens for a batch of identical requests."""
+    from llava.sparse.accounting import Timer
+
+    with Timer(model.device) as t:
+        model.generate(
+            [ids[0]] * batch, images=pixels.expand(batch, -1, -1, -1), max_new_tokens=new_tokens, eos_token_id=-1
+        )
+    return batch / (t.ms / 1e3)
+
+
+def run(args) -> dict:
+    from llava.conversation import get_conv_template
+    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+    from llava.testing.images import random_image
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llava-bench-"))
+    model_dir = workdir / f"bench-{args.shape}"
+    if not (model_dir / "config.json").is_file():
+        model_dir = write_checkpoint(args.shape, workdir, dtype)
+    results = {
+        "shape": args.shape,
+        "dims": SHAPES[args.shape],
+        "dtype": args.dtype,
+        "device": _device_name(args),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "tables": {},
+    }
+    for attn in args.attn:
+        tokenizer, model, processor, _ = load_pretrained_model(
+            str(model_dir), device=args.device, dtype=dtype, vision_dtype=dtype, attn_implementation=attn, pruning=None
+        )
+        conv = get_conv_template("vicuna_v1")
+        conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None].to(model.device)
+        pixels = process_images([random_image(0)], processor, model.config).to(model.device, dtype)
+        rows = methods()
+        samples: dict[str, list[Sample]] = {name: [] for name, _ in rows}
+        accounts = {}
+        for round_ in range(args.warmup + args.repeats):
+            for name, method in rows:
+                model.set_pruning(method)
+                sample, account = measure(model, ids, pixels, args.new_tokens)
+                if round_ >= args.warmup:
+                    samples[name].append(sample)
+                    accounts[name] = account
+        tput = {}
+        for name, method in rows:
+            model.set_pruning(method)
+            tput[name] = {
+                b: statistics.median(
+                    throughput(model, ids, pixels, b, args.new_tokens) for _ in range(max(1, args.repeats // 2))
+                )
+                for b in (1, 8)
+            }
+        model.set_pruning(None)
+        base = accounts["none"]
+        base_prefill = statistics.median(s.prefill_ms for s in samples["none"])
+        table = []
+        for name, _ in rows:
+            account, runs = accounts[name], samples[name]
+            ideal = account.decoder_flops / base.decoder_flops
+            measured = statistics.median(s.prefill_ms for s in runs) / base_prefill
+            table.append(
+                {
+                    "method": name,
+                    "equal_tokens": round(account.equal_tokens(), 2),
+                    "visual_tokens": account.visual_schedule(),
+                    "tflops": account.decoder_flops * 1e-12,
+                    "flops_ratio": ideal,
+                    "prefill_ms": statistics.median(s.prefill_ms for s in runs),
+                    "latency_ratio": measured,
+                    "overhead": measured / ideal - 1,
+                    "ttft_ms": statistics.median(s.ttft_ms for s in runs),
+                    "decode_ms_per_token": statistics.median(s.decode_ms_per_token for s in runs),
+                    "kv_cache_mb": account.kv_cache_bytes / 2**20,
+                    "peak_mb": statistics.median(s.peak_mb for s in runs),
+                    "answers_per_s_b1": tput[name][1],
+                    "answers_per_s_b8": tput[name][8],
+                }
+            )
+        results["tables"][attn] = table
+        del model
+    return results
+
+
+def _device_name(args) -> str:
+    if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()):
+        return torch.cuda.get_device_name(0)
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def markdown(results: dict) -> str:
+    out = [
+        f"Shape `{results['shape']}` {results['dims']}, {results['dtype']}, {results['device']}, torch "
+        f"{results['torch']}, {results['threads']} threads, median of {results['repeats']} interleaved runs.",
+        "",
+    ]
+    for attn, table in results["tables"].items():
+        out += [
+            f"**{attn}**",
+            "",
+            "| method | equal tokens | FLOPs ratio (ideal) | prefill ms | latency ratio | overhead | TTFT ms "
+            "| decode ms/token | KV MB | peak MB | answers/s b1 | answers/s b8 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in table:
+            out.append(
+                f"| {r['method']} | {r['equal_tokens']:.2f} | {r['flops_ratio']:.3f} | {r['prefill_ms']:.1f} | "
+                f"{r['latency_ratio']:.3f} | {100 * r['overhead']:+.1f}% | {r['ttft_ms']:.1f} | "
+                f"{r['decode_ms_per_token']:.2f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} | "
+                f"{r['answers_per_s_b1']:.2f} | {r['answers_per_s_b8']:.2f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results["tables"]), figsize=(6 * len(results["tables"]), 5), squeeze=False)
+    for ax, (attn, table) in zip(axes[0], results["tables"].items(), strict=True):
+        for r in table:
+            ax.scatter(r["flops_ratio"], r["latency_ratio"], s=25)
+            ax.annotate(r["method"], (r["flops_ratio"], r["latency_ratio"]), fontsize=6)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="latency = FLOPs (ideal)")
+        ax.set_xlabel("decoder FLOPs ratio to unpruned")
+        ax.set_ylabel("measured decoder-prefill latency ratio")
+        ax.set_title(f"{results['shape']} {results['dtype']} {attn}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--attn", nargs="+", default=["sdpa"], choices=["eager", "sdpa", "flash_attention_2"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
+    parser.add_argument("--out", type=Path, default=Path("assets/bench"))
+    parser.add_argument("--smoke", action="store_true", help="tiny shape, one run: checks the benchmark itself")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.shape, args.repeats, args.warmup, args.new_tokens = "tiny", 1, 0, 2
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{args.shape}-{args.dtype}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    stem.with_suffix(".md").write_text(markdown(results))
+    plot(results, stem.with_suffix(".png"))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

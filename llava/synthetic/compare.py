@@ -1,0 +1,97 @@
+"""Every pruning method at every budget on the bundled tiny LLaVA and the synthetic benchmark, in one table.
+
+    python -m llava.synthetic.compare                  # 1,200 held-out questions, 192 / 128 / 64 tokens
+    python -m llava.synthetic.compare --questions 240  # a quicker look
+
+Writes the held-out split (seed 1, never used in training) and the answers under `--out` (default
+`playground/synthetic`), as `<out>/synthetic/answers/<model>/<method>.jsonl`, so runs resume and the results
+summary (`llava.eval.summarize_results`) scores them: accuracy (overall; per question type in each answer file's
+scorer output), equal tokens, decoder TFLOPs and latency per method, in `<out>/results/` (markdown, CSV, plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llava.eval.answering import Question, add_generation_args, generate_answers, image_opener, read_questions
+from llava.synthetic.benchmark import write_split
+
+BUNDLED = Path(__file__).resolve().parents[2] / "assets" / "tiny-llava" / "llava-tiny-synthetic"
+
+
+def configurations(budgets: list[int]) -> list[tuple[str, list[str]]]:
+    """(tag, pruning flags) for the unpruned model and every method at every budget."""
+    rows = [("none", ["--method", "none"])]
+    for budget in budgets:
+        b = str(budget)
+        rows += [
+            (f"sparsevlm-1_0-{b}", ["--method", "sparsevlm", "--sparse-version", "1_0", "--retained-tokens", b]),
+            (f"sparsevlm-2_0-{b}", ["--method", "sparsevlm", "--sparse-version", "2_0", "--retained-tokens", b]),
+            (f"fastv-{b}", ["--method", "fastv", "--retained-tokens", b]),
+            (f"fastervlm-{b}", ["--method", "fastervlm", "--retained-tokens", b]),
+            (f"random-{b}", ["--method", "random", "--retained-tokens", b]),
+            (f"uniform-{b}", ["--method", "uniform", "--retained-tokens", b]),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from llava.eval import summarize_results
+    from llava.model_args import load_from_args
+    from llava.sparse.methods import pruning_from_args
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(BUNDLED))
+    parser.add_argument("--out", type=Path, default=Path("playground/synthetic"))
+    parser.add_argument("--questions", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64])
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    data = args.out / "synthetic"
+    if not (data / "questions.jsonl").is_file():
+        write_split(data, args.seed, args.questions)
+    rows = read_questions(data / "questions.jsonl", ("question_id", "image", "text"))[: args.questions]
+    questions = [
+        Question(
+            r["text"],
+            image_opener(data / "images" / r["image"]),
+            {"question_id": r["question_id"], "prompt": r["text"]},
+        )
+        for r in rows
+    ]
+    model_name = Path(args.model).name
+    loaded = None
+    for tag, flags in configurations(args.budgets):
+        gen_parser = argparse.ArgumentParser()
+        add_generation_args(gen_parser, max_new_tokens=8)
+        gen_args = gen_parser.parse_args(
+            [
+                "--model-path",
+                args.model,
+                "--question-file",
+                str(data / "questions.jsonl"),
+                "--answers-file",
+                str(data / "answers" / model_name / f"{tag}.jsonl"),
+                "--conv-mode",
+                "vicuna_v1",
+                "--temperature",
+                "0",
+                "--batch-size",
+                str(args.batch),
+                "--device",
+                "cpu",
+                *flags,
+            ]
+        )
+        if loaded is None:
+            loaded = load_from_args(gen_args)
+        loaded[1].set_pruning(pruning_from_args(gen_args, env={}))
+        generate_answers(questions, gen_args, loaded=loaded)
+    return summarize_results.main(["--eval-dir", str(args.out), "--out", str(args.out / "results")])
+
+
+if __name__ == "__main__":
+    main()

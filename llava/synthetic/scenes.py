@@ -1,0 +1,154 @@
+"""Deterministic scenes and questions.
+
+A scene is a 336 x 336 picture on a plain background with 2 to 4 coloured shapes (no two alike in both shape and
+colour) and a white sign with a two-digit number. Every question needs a different part of the picture:
+
+- exist:    "Is there a red circle in the image?"              yes / no (half the time a near miss: the shape in
+                                                                 another colour, or the colour on another shape)
+- color:    "What color is the square?"                        the colour of the only square
+- shape:    "What shape is the blue object?"                   the shape of the only blue object
+- position: "Which shape is further left, the circle or the triangle?"  /  "... higher up, ..."
+- count:    "How many objects are there?" / "How many circles are there?"
+- read:     "What number is written on the sign?"              the two digits
+
+Questions carry LLaVA's short-answer suffix, so the files are LLaVA question files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+
+SIZE = 336
+SHAPES = ("circle", "square", "triangle")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+}
+BACKGROUNDS = ((245, 245, 240), (200, 200, 200), (120, 120, 120), (60, 60, 70), (225, 235, 245), (240, 225, 200))
+SUFFIX = "\nAnswer the question using a single word or phrase."
+QUESTION_TYPES = ("exist", "color", "shape", "position", "count", "read")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    shape: str
+    color: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    background: tuple[int, int, int]
+    shapes: tuple[Shape, ...]
+    number: str
+    sign: tuple[int, int, int, int]
+
+
+def _overlaps(a, b, margin=8) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+def make_scene(rng: random.Random) -> Scene:
+    boxes = []
+    sign_w, sign_h = 84, 56
+    x, y = rng.randint(4, SIZE - sign_w - 4), rng.randint(4, SIZE - sign_h - 4)
+    sign = (x, y, x + sign_w, y + sign_h)
+    boxes.append(sign)
+    combos = [(s, c) for s in SHAPES for c in COLORS]
+    rng.shuffle(combos)
+    shapes = []
+    for shape, color in combos[: rng.randint(2, 4)]:
+        for _ in range(200):
+            side = rng.randint(56, 84)
+            x, y = rng.randint(4, SIZE - side - 4), rng.randint(4, SIZE - side - 4)
+            box = (x, y, x + side, y + side)
+            if not any(_overlaps(box, other) for other in boxes):
+                boxes.append(box)
+                shapes.append(Shape(shape, color, box))
+                break
+    number = f"{rng.randint(10, 99)}"
+    return Scene(rng.choice(BACKGROUNDS), tuple(shapes), number, sign)
+
+
+def draw(scene: Scene) -> Image.Image:
+    image = Image.new("RGB", (SIZE, SIZE), scene.background)
+    pen = ImageDraw.Draw(image)
+    for s in scene.shapes:
+        fill = COLORS[s.color]
+        x0, y0, x1, y1 = s.box
+        if s.shape == "circle":
+            pen.ellipse(s.box, fill=fill)
+        elif s.shape == "square":
+            pen.rectangle(s.box, fill=fill)
+        else:
+            pen.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    pen.rectangle(scene.sign, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
+    font = ImageFont.load_default(size=40)
+    cx, cy = (scene.sign[0] + scene.sign[2]) / 2, (scene.sign[1] + scene.sign[3]) / 2
+    pen.text((cx, cy), scene.number, fill=(0, 0, 0), font=font, anchor="mm")
+    return image
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(shape: str) -> str:
+    return shape + "s"
+
+
+def questions_for(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """All the (type, question, answer) pairs one can ask about `scene` (one or two per type)."""
+    out = []
+    present = {(s.shape, s.color) for s in scene.shapes}
+    # exist: one true, one near miss
+    s = rng.choice(scene.shapes)
+    out.append(("exist", f"Is there {_a(s.color)} {s.shape} in the image?", "yes"))
+    misses = [
+        (sh, c)
+        for sh in SHAPES
+        for c in COLORS
+        if (sh, c) not in present and any(p[0] == sh or p[1] == c for p in present)
+    ]
+    sh, c = rng.choice(misses)
+    out.append(("exist", f"Is there {_a(c)} {sh} in the image?", "no"))
+    # attributes of objects named by the other attribute
+    by_shape = {sh: [x for x in scene.shapes if x.shape == sh] for sh in SHAPES}
+    by_color = {c: [x for x in scene.shapes if x.color == c] for c in COLORS}
+    unique_shapes = [sh for sh, xs in by_shape.items() if len(xs) == 1]
+    unique_colors = [c for c, xs in by_color.items() if len(xs) == 1]
+    if unique_shapes:
+        sh = rng.choice(unique_shapes)
+        out.append(("color", f"What color is the {sh}?", by_shape[sh][0].color))
+    if unique_colors:
+        c = rng.choice(unique_colors)
+        out.append(("shape", f"What shape is the {c} object?", by_color[c][0].shape))
+    # position between two objects with unique shapes, told apart by a clear margin
+    if len(unique_shapes) >= 2:
+        a, b = rng.sample(unique_shapes, 2)
+        sa, sb = by_shape[a][0], by_shape[b][0]
+        (ax, ay), (bx, by) = sa.center, sb.center
+        if abs(ax - bx) >= 30 and (abs(ax - bx) >= abs(ay - by) or abs(ay - by) < 30):
+            out.append(("position", f"Which shape is further left, the {a} or the {b}?", a if ax < bx else b))
+        elif abs(ay - by) >= 30:
+            out.append(("position", f"Which shape is higher up, the {a} or the {b}?", a if ay < by else b))
+    # counting
+    if rng.random() < 0.5:
+        out.append(("count", "How many objects are there?", str(len(scene.shapes))))
+    else:
+        sh = rng.choice(SHAPES)
+        out.append(("count", f"How many {_plural(sh)} are there?", str(len(by_shape[sh]))))
+    # reading
+    out.append(("read", "What number is written on the sign?", scene.number))
+    return out

@@ -1,0 +1,226 @@
+"""Train the bundled tiny LLaVA from scratch on the synthetic benchmark, reproducibly from a seed.
+
+    python -m llava.train.train_tiny --out assets/tiny-llava --minutes 85 --seed 0
+
+Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 14 (576 patch tokens + [CLS]; 3
+layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
+pruning layers 2, 6, 15 and v1.0's 19 exist) with its own small tokenizer. Everything is trained (tower included),
+on freshly drawn scenes, each a multi-turn conversation of up to `--turns` questions so that one pass over the 576
+image tokens teaches several answers. The result is written in the original LLaVA on-disk format and loads with
+`load_pretrained_model` like any checkpoint; `train_log.txt` beside it records the command and the losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template
+from llava.mm_utils import tokenizer_image_token
+from llava.model.config import LlavaConfig
+from llava.model.language_model.decoder import DecoderLoop, SequenceState
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
+from llava.synthetic.scenes import COLORS, SHAPES, SUFFIX, draw, make_scene, questions_for
+from llava.testing.tokenizer import save_tokenizer
+
+MODEL_DIR, TOWER_DIR = "llava-tiny-synthetic", "clip-tiny-synthetic"
+
+
+def tokenizer_corpus() -> list[str]:
+    words = " ".join(list(SHAPES) + [s + "s" for s in SHAPES] + list(COLORS))
+    digits = " ".join(str(i) for i in range(100))
+    return [
+        words,
+        digits,
+        "Which shape is further left, the circle or the triangle? Which shape is higher up?",
+        "How many objects are there? What number is written on the sign? What color is the square?",
+        "What shape is the blue object? Is there an orange circle in the image?",
+        SUFFIX,
+    ]
+
+
+def build_model(tokenizer, vocab_size: int, args, tower_name: str):
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=args.vision_hidden,
+        intermediate_size=4 * args.vision_hidden,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=336,
+        patch_size=14,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(text_config=text, mm_vision_tower=tower_name, mm_hidden_size=args.vision_hidden)
+    model = LlavaLlamaForCausalLM(config)
+    clip = CLIPVisionModel(vision)
+    tower = CLIPVisionTower(clip, config.mm_vision_select_layer, "patch")
+    model.model.vision_tower = tower
+    return model, clip, vision
+
+
+def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a multi-turn conversation about one image; only the answers (and their </s>) are
+    learned. The first turn is exactly the evaluation prompt."""
+    conv = get_conv_template("vicuna_v1")
+    first_q, _ = qa[0]
+    conv.append_message(conv.roles[0], "<image>\n" + first_q + SUFFIX)
+    conv.append_message(conv.roles[1], None)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer)
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, (_, answer) in enumerate(qa):
+        answer_ids = tokenizer(answer).input_ids[1:] + [tokenizer.eos_token_id]
+        ids += answer_ids
+        labels += answer_ids
+        if i + 1 < len(qa):
+            turn = tokenizer(f"USER: {qa[i + 1][0]}{SUFFIX} ASSISTANT:").input_ids[1:]
+            ids += turn
+            labels += [IGNORE_INDEX] * len(turn)
+    return ids, labels
+
+
+def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int):
+    images, ids, labels = [], [], []
+    for _ in range(batch):
+        scene = make_scene(rng)
+        qa = [(q, a) for _, q, a in questions_for(scene, rng)]
+        rng.shuffle(qa)
+        i, l_ = conversation(tokenizer, qa[:turns])
+        images.append(draw(scene))
+        ids.append(torch.tensor(i))
+        labels.append(torch.tensor(l_))
+    return processor.preprocess(images)["pixel_values"], ids, labels
+
+
+def loss_of(model: LlavaLlamaForCausalLM, pixels, ids, labels) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens. Sequences are right-padded: under causal attention no real token
+    sees a later pad, so no mask is needed and the fast causal kernel runs."""
+    tower = model.model.vision_tower
+    features = model.model.mm_projector(tower.feature_select(tower.encoder_hidden_states(pixels)))
+    embeds, targets = [], []
+    for b, (ids_b, lab) in enumerate(zip(ids, labels, strict=True)):
+        k = int((ids_b == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+        text = model.model.embed_tokens(torch.cat([ids_b[:k], ids_b[k + 1 :]]))
+        embeds.append(torch.cat([text[:k], features[b], text[k:]]))
+        targets.append(torch.cat([lab[:k], torch.full((features.shape[1],), IGNORE_INDEX), lab[k + 1 :]]))
+    longest = max(len(e) for e in embeds)
+    hidden = torch.stack([nn.functional.pad(e, (0, 0, 0, longest - len(e))) for e in embeds])
+    target = torch.stack([nn.functional.pad(t, (0, longest - len(t)), value=IGNORE_INDEX) for t in targets])
+    positions = torch.arange(longest)[None].expand(len(embeds), -1)
+    state = SequenceState(hidden, positions, torch.ones_like(positions, dtype=torch.bool), False)
+    hidden = DecoderLoop(model.model, "sdpa").run(state, None)
+    pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
+    logits = model.lm_head(hidden[:, :-1][pos])
+    return nn.functional.cross_entropy(logits.float(), target[:, 1:][pos])
+
+
+def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    model_dir, tower_dir = out / MODEL_DIR, out / TOWER_DIR
+    clip.save_pretrained(str(tower_dir))
+    processor.save_pretrained(tower_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("model.vision_tower.")}
+    save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    (model_dir / "config.json").write_text(json.dumps(model.config.to_original_dict(), indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model_dir / name).write_bytes((tokenizer_dir / name).read_bytes())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("assets/tiny-llava"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=85.0, help="wall-clock training budget")
+    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=7)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=96)
+    parser.add_argument("--intermediate", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vision-hidden", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = args.out / MODEL_DIR
+    vocab_size = save_tokenizer(tokenizer_dir, corpus=tokenizer_corpus())
+    from llava.model.builder import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    processor = CLIPImagePreprocessor(size=336, crop_size=336)
+    model, clip, _ = build_model(tokenizer, vocab_size, args, f"../{TOWER_DIR}")
+    model.model.vision_tower.truncate_unused_layers()  # the last tower layer is never read (as in LLaVA)
+    with torch.no_grad():
+        for layer in model.model.layers:  # small residual-branch outputs: a deep narrow net trains stably
+            layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
+            layer.mlp.down_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    log = (args.out / "train_log.txt").open("w")
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    log.write(f"command: python -m llava.train.train_tiny {command}\n{json.dumps(vars(args), default=str)}\n")
+    budget = args.minutes * 60
+    start, step, smooth = time.time(), 0, None
+    model.train()
+    while True:
+        elapsed = time.time() - start
+        if (args.steps and step >= args.steps) or (not args.steps and elapsed >= budget):
+            break
+        progress = step / args.steps if args.steps else elapsed / budget
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixels, ids, labels = make_batch(rng, tokenizer, processor, args.batch, args.turns)
+        loss = loss_of(model, pixels, ids, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if step % 20 == 0:
+            line = f"step {step} t={elapsed:.0f}s lr={lr:.2e} loss={loss.item():.4f} smooth={smooth:.4f}"
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+        if step % 500 == 0:
+            save(model, clip, processor, tokenizer_dir, args.out)
+    save(model, clip, processor, tokenizer_dir, args.out)
+    log.write(f"done: {step} steps in {time.time() - start:.0f}s\n")
+    log.close()
+
+
+if __name__ == "__main__":
+    main()
