@@ -207,7 +207,7 @@ def run(args) -> dict:
             model.set_pruning(method)
             tput[name] = {
                 b: statistics.median(
-                    throughput(model, ids, pixels, b, args.new_tokens) for _ in range(max(1, args.repeats // 2))
+                    throughput(model, ids, pixels, b, args.new_tokens) for _ in range(max(1, args.repeats // 5))
                 )
                 for b in (1, 8)
             }
@@ -227,6 +227,8 @@ def run(args) -> dict:
                     "tflops": account.decoder_flops * 1e-12,
                     "flops_ratio": ideal,
                     "prefill_ms": statistics.median(s.prefill_ms for s in runs),
+                    "method_ms": account.method_ms,
+                    "method_share": None if account.method_ms is None else account.method_ms / account.prefill_ms,
                     "latency_ratio": measured,
                     "overhead": measured / ideal - 1,
                     "ttft_ms": statistics.median(s.ttft_ms for s in runs),
@@ -258,19 +260,24 @@ def markdown(results: dict) -> str:
         out += [
             f"**{attn}**",
             "",
-            "| method | equal tokens | FLOPs ratio (ideal) | prefill ms | latency ratio | overhead | TTFT ms "
-            "| decode ms/token | KV MB | peak MB | answers/s b1 | answers/s b8 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | equal tokens | FLOPs ratio (ideal) | prefill ms | latency ratio | overhead | method ms "
+            "| TTFT ms | decode ms/token | KV MB | peak MB | answers/s b1 | answers/s b8 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in table:
             out.append(
                 f"| {r['method']} | {r['equal_tokens']:.2f} | {r['flops_ratio']:.3f} | {r['prefill_ms']:.1f} | "
-                f"{r['latency_ratio']:.3f} | {100 * r['overhead']:+.1f}% | {r['ttft_ms']:.1f} | "
+                f"{r['latency_ratio']:.3f} | {100 * r['overhead']:+.1f}% | {_fmt_ms(r['method_ms'])} | "
+                f"{r['ttft_ms']:.1f} | "
                 f"{r['decode_ms_per_token']:.2f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} | "
                 f"{r['answers_per_s_b1']:.2f} | {r['answers_per_s_b8']:.2f} |"
             )
         out.append("")
     return "\n".join(out)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def plot(results: dict, path: Path) -> None:

@@ -13,7 +13,8 @@ def test_smoke_run_has_every_row_and_sane_numbers(tmp_path):
     assert by_name["none"]["equal_tokens"] == 576 and by_name["none"]["flops_ratio"] == 1
     assert by_name["sparsevlm-1_0-192"]["visual_tokens"] == [576, 309, 204, 113]
     assert by_name["sparsevlm-2_0-64"]["visual_tokens"] == [576, 66, 34, 20]
-    assert by_name["fastv-128"]["visual_tokens"] == [576, 128] and by_name["fastv-128"]["equal_tokens"] == (2 * 576 + 30 * 128) / 32
+    assert by_name["fastv-128"]["visual_tokens"] == [576, 128]
+    assert by_name["fastv-128"]["equal_tokens"] == (2 * 576 + 30 * 128) / 32  # layers 0-1 see all 576
     assert by_name["fastervlm-64"]["visual_tokens"] == [576, 64] and by_name["random-192"]["equal_tokens"] == 192
     for r in table:
         assert 0 < r["flops_ratio"] <= 1 and r["latency_ratio"] > 0 and r["ttft_ms"] > 0

@@ -74,10 +74,15 @@ def test_position_count_and_existence_answers_follow_the_geometry():
 
 
 def test_scorer_counts_per_type_and_normalises():
-    truth = [{"question_id": i, "answer": a, "category": t} for i, (t, a) in
-             enumerate([("color", "red"), ("color", "blue"), ("read", "42"), ("exist", "no")])]
-    answers = [{"question_id": 0, "text": "Red."}, {"question_id": 1, "text": "green"},
-               {"question_id": 2, "text": "", "error": "image could not be read"}]
+    truth = [
+        {"question_id": i, "answer": a, "category": t}
+        for i, (t, a) in enumerate([("color", "red"), ("color", "blue"), ("read", "42"), ("exist", "no")])
+    ]
+    answers = [
+        {"question_id": 0, "text": "Red."},
+        {"question_id": 1, "text": "green"},
+        {"question_id": 2, "text": "", "error": "image could not be read"},
+    ]
     metrics = benchmark.score(truth, answers)
     assert metrics["per_type"] == {"exist": 0.0, "color": 50.0, "read": 0.0}
     assert metrics["reported"] == pytest.approx(25.0) and metrics["failed"] == 1 and metrics["missing"] == 1

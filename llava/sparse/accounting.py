@@ -34,6 +34,7 @@ class SampleAccount:
     kv_bytes_per_token_layer: int = 0
     prefill_ms: float | None = None
     total_ms: float | None = None
+    method_ms: float | None = None  # the method's own steps inside the prefill (CPU host time; None on GPU)
     # indices (into the visual block entering that layer) of the visual tokens each pruning layer kept
     kept: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -71,6 +72,7 @@ class SampleAccount:
             "decoder_tflops": round(self.decoder_flops * 1e-12, 6),
             "method_tflops": round(self.method_flops * 1e-12, 6),
             "prefill_ms": None if self.prefill_ms is None else round(self.prefill_ms, 3),
+            "method_ms": None if self.method_ms is None else round(self.method_ms, 3),
             "total_ms": None if self.total_ms is None else round(self.total_ms, 3),
             "kv_cache_mb": round(self.kv_cache_bytes / 2**20, 3),
         }

@@ -11,7 +11,9 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 
 import torch
 
@@ -75,8 +77,9 @@ class PrefillPlan:
     ) -> None:
         self.layouts = layouts
         self.num_layers = num_layers
-        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-        bytes_per = 2 * text_config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+        self.num_heads = text_config.num_attention_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // self.num_heads
+        bytes_per = 2 * text_config.num_key_value_heads * self.head_dim * torch.finfo(dtype).bits // 8
         self.accounts = [
             SampleAccount(
                 num_visual=layout.visual,
@@ -93,15 +96,32 @@ class PrefillPlan:
         for account, layout in zip(self.accounts, self.layouts, strict=True):
             account.tokens_into_layer.append(layout.length)
             account.visual_into_layer.append(layout.visual)
-        return self.rows_request(layer_idx, state)
+        with self._method_time(state):
+            return self.rows_request(layer_idx, state)
 
     def leave_layer(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
         before = [layout.visual for layout in self.layouts]
-        state = self.prune(layer_idx, state, request)
+        with self._method_time(state):
+            state = self.prune(layer_idx, state, request)
         after = before if self.prunes_next_layer_input else [layout.visual for layout in self.layouts]
         for account, count in zip(self.accounts, after, strict=True):
             account.visual_after_layer.append(count)
         return state
+
+    @contextlib.contextmanager
+    def _method_time(self, state: SequenceState):
+        """Adds the host time of the method's own steps to `method_ms` (CPU only: on a GPU, host time without a
+        sync says nothing; there `method_ms` stays None)."""
+        if state.hidden_states.device.type != "cpu":
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - start) * 1e3
+            for account in self.accounts:
+                account.method_ms = (account.method_ms or 0.0) + elapsed
 
     # -- what methods override -------------------------------------------------------------------------------------
     def rows_request(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:

@@ -61,8 +61,6 @@ class FastVPlan(PrefillPlan):
         text = model.config.text_config
         super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
         self.method = method
-        self.num_heads = text.num_attention_heads
-        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
     def rows_request(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
         if layer_idx != self.method.k - 1:

@@ -149,11 +149,6 @@ class SparseVLMPlan(PrefillPlan):
             merged.append(self._recycle(b, state, scores, kept, start, layer_idx) if self.method.recycling else None)
         return self.rebuild(state, keep, merged, renumber_positions=self.method.renumber_positions)
 
-    @property
-    def head_dim(self) -> int:
-        text = self.model.config.text_config
-        return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-
     def _relation(self, probs, positions, rows, start, num_visual) -> torch.Tensor:
         """Rater x visual attention [raters, V], averaged over heads (all heads; for 2_0 the priority heads of the
         gravity-corrected attention)."""

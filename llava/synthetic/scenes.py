@@ -81,22 +81,30 @@ def make_scene(rng: random.Random) -> Scene:
     return Scene(rng.choice(BACKGROUNDS), tuple(shapes), number, sign)
 
 
+def _draw_shapes(pen: ImageDraw.ImageDraw, scene: Scene, fill_of) -> None:
+    for s in scene.shapes:
+        x0, y0, x1, y1 = s.box
+        if s.shape == "circle":
+            pen.ellipse(s.box, fill=fill_of(s))
+        elif s.shape == "square":
+            pen.rectangle(s.box, fill=fill_of(s))
+        else:
+            pen.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill_of(s))
+
+
+def _sign_text(scene: Scene) -> tuple[tuple[float, float], ImageFont.FreeTypeFont]:
+    """Where (centre, anchor "mm") and in which font the number is written."""
+    centre = ((scene.sign[0] + scene.sign[2]) / 2, (scene.sign[1] + scene.sign[3]) / 2)
+    return centre, ImageFont.load_default(size=40)
+
+
 def draw(scene: Scene) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), scene.background)
     pen = ImageDraw.Draw(image)
-    for s in scene.shapes:
-        fill = COLORS[s.color]
-        x0, y0, x1, y1 = s.box
-        if s.shape == "circle":
-            pen.ellipse(s.box, fill=fill)
-        elif s.shape == "square":
-            pen.rectangle(s.box, fill=fill)
-        else:
-            pen.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    _draw_shapes(pen, scene, lambda s: COLORS[s.color])
     pen.rectangle(scene.sign, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
-    font = ImageFont.load_default(size=40)
-    cx, cy = (scene.sign[0] + scene.sign[2]) / 2, (scene.sign[1] + scene.sign[3]) / 2
-    pen.text((cx, cy), scene.number, fill=(0, 0, 0), font=font, anchor="mm")
+    centre, font = _sign_text(scene)
+    pen.text(centre, scene.number, fill=(0, 0, 0), font=font, anchor="mm")
     return image
 
 
@@ -152,3 +160,34 @@ def questions_for(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]
     # reading
     out.append(("read", "What number is written on the sign?", scene.number))
     return out
+
+
+# -- per-patch labels (an auxiliary training target) --------------------------------------------------------------
+BACKGROUND, SIGN = 0, 1
+NUM_PATCH_LABELS = 2 + len(SHAPES) * len(COLORS) + 20  # background, sign, each (shape, colour), left/right digit
+
+
+def _shape_label(shape: str, color: str) -> int:
+    return 2 + SHAPES.index(shape) * len(COLORS) + list(COLORS).index(color)
+
+
+def _digit_label(position: int, digit: str) -> int:
+    return 2 + len(SHAPES) * len(COLORS) + 10 * position + int(digit)
+
+
+def patch_labels(scene: Scene, patch: int = 14) -> list[int]:
+    """What the centre pixel of each patch (raster order) shows: background, sign, one (shape, colour), or the
+    left / right digit of the number. Drawn with the same primitives as `draw`, so labels match the pixels."""
+    label_map = Image.new("L", (SIZE, SIZE), BACKGROUND)
+    pen = ImageDraw.Draw(label_map)
+    _draw_shapes(pen, scene, lambda s: _shape_label(s.shape, s.color))
+    pen.rectangle(scene.sign, fill=SIGN)
+    centre, font = _sign_text(scene)
+    left, top, right, bottom = pen.textbbox(centre, scene.number, font=font, anchor="mm")
+    middle = (left + right) / 2
+    pen.rectangle((left, top, middle, bottom), fill=_digit_label(0, scene.number[0]))
+    pen.rectangle((middle, top, right, bottom), fill=_digit_label(1, scene.number[1]))
+    side = SIZE // patch
+    return [
+        label_map.getpixel((patch * j + patch // 2, patch * i + patch // 2)) for i in range(side) for j in range(side)
+    ]

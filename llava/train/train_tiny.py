@@ -6,7 +6,9 @@ Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 1
 layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
 pruning layers 2, 6, 15 and v1.0's 19 exist) with its own small tokenizer. Everything is trained (tower included),
 on freshly drawn scenes, each a multi-turn conversation of up to `--turns` questions so that one pass over the 576
-image tokens teaches several answers. The result is written in the original LLaVA on-disk format and loads with
+image tokens teaches several answers, plus an auxiliary per-patch target (what each patch shows, read by a linear
+probe on the tower's features): without it the from-scratch tower learned nothing useful for 500 steps (answers
+at the level of the question-type priors). The result is written in the original LLaVA on-disk format and loads with
 `load_pretrained_model` like any checkpoint; `train_log.txt` beside it records the command and the losses.
 """
 
@@ -31,7 +33,16 @@ from llava.model.language_model.decoder import DecoderLoop, SequenceState
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
-from llava.synthetic.scenes import COLORS, SHAPES, SUFFIX, draw, make_scene, questions_for
+from llava.synthetic.scenes import (
+    COLORS,
+    NUM_PATCH_LABELS,
+    SHAPES,
+    SUFFIX,
+    draw,
+    make_scene,
+    patch_labels,
+    questions_for,
+)
 from llava.testing.tokenizer import save_tokenizer
 
 MODEL_DIR, TOWER_DIR = "llava-tiny-synthetic", "clip-tiny-synthetic"
@@ -104,23 +115,30 @@ def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[
 
 
 def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int):
-    images, ids, labels = [], [], []
+    images, ids, labels, patches = [], [], [], []
     for _ in range(batch):
         scene = make_scene(rng)
+        patches.append(torch.tensor(patch_labels(scene)))
         qa = [(q, a) for _, q, a in questions_for(scene, rng)]
         rng.shuffle(qa)
         i, l_ = conversation(tokenizer, qa[:turns])
         images.append(draw(scene))
         ids.append(torch.tensor(i))
         labels.append(torch.tensor(l_))
-    return processor.preprocess(images)["pixel_values"], ids, labels
+    return processor.preprocess(images)["pixel_values"], ids, labels, torch.stack(patches)
 
 
-def loss_of(model: LlavaLlamaForCausalLM, pixels, ids, labels) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens. Sequences are right-padded: under causal attention no real token
-    sees a later pad, so no mask is needed and the fast causal kernel runs."""
+def loss_of(
+    model: LlavaLlamaForCausalLM, pixels, ids, labels, patches, patch_head
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer loss, patch loss). The answer loss is the mean cross-entropy of the answer tokens; sequences are
+    right-padded (under causal attention no real token sees a later pad, so the fast causal kernel runs). The patch
+    loss asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives the
+    from-scratch tower meaningful features early; the probe is not part of the checkpoint)."""
     tower = model.model.vision_tower
-    features = model.model.mm_projector(tower.feature_select(tower.encoder_hidden_states(pixels)))
+    visual = tower.feature_select(tower.encoder_hidden_states(pixels))
+    patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
+    features = model.model.mm_projector(visual)
     embeds, targets = [], []
     for b, (ids_b, lab) in enumerate(zip(ids, labels, strict=True)):
         k = int((ids_b == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
@@ -135,7 +153,7 @@ def loss_of(model: LlavaLlamaForCausalLM, pixels, ids, labels) -> torch.Tensor:
     hidden = DecoderLoop(model.model, "sdpa").run(state, None)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
     logits = model.lm_head(hidden[:, :-1][pos])
-    return nn.functional.cross_entropy(logits.float(), target[:, 1:][pos])
+    return nn.functional.cross_entropy(logits.float(), target[:, 1:][pos]), patch_loss
 
 
 def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
@@ -168,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vision-hidden", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--patch-loss-weight", type=float, default=1.0)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -186,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         for layer in model.model.layers:  # small residual-branch outputs: a deep narrow net trains stably
             layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
             layer.mlp.down_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
-    params = [p for p in model.parameters() if p.requires_grad]
+    patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
+    params = [p for p in model.parameters() if p.requires_grad] + list(patch_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     log = (args.out / "train_log.txt").open("w")
     command = " ".join(argv if argv is not None else sys.argv[1:])
@@ -202,16 +222,20 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pixels, ids, labels = make_batch(rng, tokenizer, processor, args.batch, args.turns)
-        loss = loss_of(model, pixels, ids, labels)
+        pixels, ids, labels, patches = make_batch(rng, tokenizer, processor, args.batch, args.turns)
+        answer_loss, patch_loss = loss_of(model, pixels, ids, labels, patches, patch_head)
+        loss = answer_loss + args.patch_loss_weight * patch_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        smooth = answer_loss.item() if smooth is None else 0.98 * smooth + 0.02 * answer_loss.item()
         if step % 20 == 0:
-            line = f"step {step} t={elapsed:.0f}s lr={lr:.2e} loss={loss.item():.4f} smooth={smooth:.4f}"
+            line = (
+                f"step {step} t={elapsed:.0f}s lr={lr:.2e} answer_loss={answer_loss.item():.4f} "
+                f"smooth={smooth:.4f} patch_loss={patch_loss.item():.4f}"
+            )
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
