@@ -1,0 +1,55 @@
+"""The tiny-model training script end to end at toy size: it trains, and what it writes loads through the real
+loader (original LLaVA format, tower beside the checkpoint) and answers."""
+
+from llava.model.builder import load_pretrained_model
+from llava.synthetic import scenes
+from llava.train import train_tiny
+
+
+def test_two_steps_train_and_the_result_loads(tmp_path):
+    train_tiny.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--turns",
+            "2",
+            "--hidden",
+            "32",
+            "--intermediate",
+            "64",
+            "--vision-hidden",
+            "32",
+            "--threads",
+            "1",
+        ]
+    )
+    log = (tmp_path / "train_log.txt").read_text()
+    assert "--steps 2" in log.splitlines()[0] and "done: 2 steps" in log
+    tokenizer, model, processor, _ = load_pretrained_model(
+        str(tmp_path / train_tiny.MODEL_DIR), device="cpu", pruning=None
+    )
+    assert model.config.num_hidden_layers == 20 and model.get_vision_tower().num_patches == 576
+    assert model.config.mm_vision_tower == "../" + train_tiny.TOWER_DIR
+    words = tokenizer.convert_ids_to_tokens(tokenizer("triangle purple").input_ids[1:])
+    assert len(words) <= 4  # the tokenizer learned the benchmark's words
+
+
+def test_patch_labels_follow_the_drawing():
+    import random
+
+    import numpy as np
+
+    scene = scenes.make_scene(random.Random(2))
+    labels = scenes.patch_labels(scene)
+    pixels = np.asarray(scenes.draw(scene))
+    for index, label in enumerate(labels):
+        y, x = 14 * (index // 24) + 7, 14 * (index % 24) + 7
+        if 2 <= label < 2 + len(scenes.SHAPES) * len(scenes.COLORS):
+            color = list(scenes.COLORS)[(label - 2) % len(scenes.COLORS)]
+            assert tuple(pixels[y, x]) == scenes.COLORS[color]
+        elif label == scenes.BACKGROUND:
+            assert tuple(pixels[y, x]) == scene.background
