@@ -59,7 +59,7 @@ def _overlaps(a, b, margin=8) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def make_scene(rng: random.Random) -> Scene:
+def make_scene(rng: random.Random, num_shapes: tuple[int, int] = (2, 4)) -> Scene:
     boxes = []
     sign_w, sign_h = 84, 56
     x, y = rng.randint(4, SIZE - sign_w - 4), rng.randint(4, SIZE - sign_h - 4)
@@ -68,7 +68,7 @@ def make_scene(rng: random.Random) -> Scene:
     combos = [(s, c) for s in SHAPES for c in COLORS]
     rng.shuffle(combos)
     shapes = []
-    for shape, color in combos[: rng.randint(2, 4)]:
+    for shape, color in combos[: rng.randint(*num_shapes)]:
         for _ in range(200):
             side = rng.randint(56, 84)
             x, y = rng.randint(4, SIZE - side - 4), rng.randint(4, SIZE - side - 4)

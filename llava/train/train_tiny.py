@@ -114,10 +114,10 @@ def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[
     return ids, labels
 
 
-def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int):
+def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int, num_shapes=(2, 4)):
     images, ids, labels, patches = [], [], [], []
     for _ in range(batch):
-        scene = make_scene(rng)
+        scene = make_scene(rng, num_shapes)
         patches.append(torch.tensor(patch_labels(scene)))
         qa = [(q, a) for _, q, a in questions_for(scene, rng)]
         rng.shuffle(qa)
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision-hidden", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch-loss-weight", type=float, default=1.0)
+    parser.add_argument("--curriculum-steps", type=int, default=0, help="first steps on one-shape scenes")
+    parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pixels, ids, labels, patches = make_batch(rng, tokenizer, processor, args.batch, args.turns)
+        num_shapes = (1, 1) if step < args.curriculum_steps else (2, 4)  # warm-up: one shape, nothing to tell apart
+        pixels, ids, labels, patches = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
         answer_loss, patch_loss = loss_of(model, pixels, ids, labels, patches, patch_head)
         loss = answer_loss + args.patch_loss_weight * patch_loss
         optimizer.zero_grad(set_to_none=True)
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
-        if step % 500 == 0:
+        if step % args.save_every == 0:
             save(model, clip, processor, tokenizer_dir, args.out)
     save(model, clip, processor, tokenizer_dir, args.out)
     log.write(f"done: {step} steps in {time.time() - start:.0f}s\n")
