@@ -9,7 +9,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+
+def image_token(mm_use_im_start_end: bool) -> str:
+    """The text that stands for an image in a prompt: "<image>", or "<im_start><image><im_end>" for checkpoints
+    trained with `mm_use_im_start_end`."""
+    if mm_use_im_start_end:
+        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    return DEFAULT_IMAGE_TOKEN
 
 
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors=None):

@@ -21,10 +21,9 @@ import shortuuid
 import torch
 from PIL import Image
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
 from llava.eval.answer_files import AnswerWriter, iter_jsonl
-from llava.mm_utils import expand2square, get_model_name_from_path, tokenizer_image_token
+from llava.mm_utils import get_model_name_from_path, image_token, process_images, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
 
 
@@ -101,20 +100,6 @@ def image_opener(path: Path, convert_rgb: bool = True) -> Callable[[], Image.Ima
     return open_image
 
 
-def _image_token(model) -> str:
-    if model.config.mm_use_im_start_end:
-        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-    return DEFAULT_IMAGE_TOKEN
-
-
-def _pixels(images: list[Image.Image], image_processor, mode: str) -> torch.Tensor:
-    """`pad`: expand2square on the processor's mean, then CLIP preprocessing; `crop`: CLIP preprocessing only."""
-    if mode == "pad":
-        background = tuple(int(x * 255) for x in image_processor.image_mean)
-        images = [expand2square(image, background) for image in images]
-    return image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
-
-
 def generate_answers(questions: list[Question], args: argparse.Namespace, loaded=None) -> Path:
     """Answer this process's chunk of `questions` into args.answers_file (resuming); returns the file."""
     distributed_chunk(args)
@@ -181,11 +166,16 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
         prompts = []
         for i in group:
             conv = get_conv_template(args.conv_mode)
-            text = batch[i].text if batch[i].image is None else _image_token(model) + "\n" + batch[i].text
+            text = batch[i].text
+            if batch[i].image is not None:
+                text = image_token(model.config.mm_use_im_start_end) + "\n" + text
             conv.append_message(conv.roles[0], text)
             conv.append_message(conv.roles[1], None)
             prompts.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt"))
-        pixels = _pixels(group_images, image_processor, mode).to(model.device, model.dtype) if group_images else None
+        pixels = None
+        if group_images:  # "pad" squares each image first, "crop" only resizes and crops (process_images' rule)
+            mode_cfg = argparse.Namespace(image_aspect_ratio=mode)
+            pixels = process_images(group_images, image_processor, mode_cfg).to(model.device, model.dtype)
         output = model.generate(
             prompts,
             images=pixels,

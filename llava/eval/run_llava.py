@@ -9,21 +9,19 @@ import sys
 
 import torch
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from llava.constants import IMAGE_PLACEHOLDER
 from llava.conversation import get_conv_template
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import image_token, load_image, process_images, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
 
 
 def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
     """LLaVA's rule: `<image-placeholder>` marks where images go; without one, the image precedes the query."""
-    image_token = DEFAULT_IMAGE_TOKEN
-    if mm_use_im_start_end:
-        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    token = image_token(mm_use_im_start_end)
     if IMAGE_PLACEHOLDER in query:
-        query = re.sub(IMAGE_PLACEHOLDER, image_token, query)
+        query = re.sub(IMAGE_PLACEHOLDER, token, query)
     else:
-        query = image_token + "\n" + query
+        query = token + "\n" + query
     conv = get_conv_template(conv_mode)
     conv.append_message(conv.roles[0], query)
     conv.append_message(conv.roles[1], None)

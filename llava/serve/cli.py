@@ -7,9 +7,8 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import image_token, load_image, process_images, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
 
 
@@ -27,9 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     conv = get_conv_template(args.conv_mode)
     image = load_image(args.image_file)
     pixels = process_images([image], image_processor, model.config).to(model.device, dtype=model.dtype)
-    image_token = DEFAULT_IMAGE_TOKEN
-    if model.config.mm_use_im_start_end:
-        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    token = image_token(model.config.mm_use_im_start_end)
     first = True
     while True:
         try:
@@ -41,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         print(f"{conv.roles[1]}: ", end="", flush=True)
         if first:
-            text = image_token + "\n" + text
+            text = token + "\n" + text
             first = False
         conv.append_message(conv.roles[0], text)
         conv.append_message(conv.roles[1], None)
