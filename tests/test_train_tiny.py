@@ -49,7 +49,25 @@ def test_patch_labels_follow_the_drawing():
     for index, label in enumerate(labels):
         y, x = 14 * (index // 24) + 7, 14 * (index % 24) + 7
         if 2 <= label < 2 + len(scenes.SHAPES) * len(scenes.COLORS):
-            color = list(scenes.COLORS)[(label - 2) % len(scenes.COLORS)]
-            assert tuple(pixels[y, x]) == scenes.COLORS[color]
+            full = np.array(scenes.COLORS[list(scenes.COLORS)[(label - 2) % len(scenes.COLORS)]])
+            assert tuple(pixels[y, x]) in {tuple(full), tuple((full + 255) // 2)}  # full colour or its tint
         elif label == scenes.BACKGROUND:
             assert tuple(pixels[y, x]) == scene.background
+
+
+def test_patch_words_name_what_each_patch_shows(tmp_path):
+    from llava.model.builder import load_tokenizer
+    from llava.testing.tokenizer import save_tokenizer
+
+    save_tokenizer(tmp_path, corpus=train_tiny.tokenizer_corpus())
+    tokenizer = load_tokenizer(tmp_path)
+    table = train_tiny.patch_words(tokenizer)
+    color_id, shape_id = table[scenes.shape_label("triangle", "green")].tolist()
+    # the first token of each word, i.e. the token an answer "green" / "triangle" starts with
+    assert "green".startswith(tokenizer.decode([color_id]).strip())
+    assert "triangle".startswith(tokenizer.decode([shape_id]).strip())
+    assert [color_id, shape_id] == [tokenizer(w).input_ids[1] for w in ("green", "triangle")]
+    # a number's two digits are the tokens an answer "47" is made of
+    left, right = table[scenes.digit_label(0, "4"), 0], table[scenes.digit_label(1, "7"), 0]
+    assert [left, right] == tokenizer("47").input_ids[1:]
+    assert (table[[scenes.BACKGROUND, scenes.SIGN]] == -100).all()

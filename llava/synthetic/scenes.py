@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SIZE = 336
@@ -31,6 +32,9 @@ COLORS = {
     "purple": (140, 60, 180),
     "orange": (245, 130, 30),
 }
+PATCH = 14  # the tower's patch size: the sign lies on this grid
+SHAPE_SIDES = (56, 84)  # pixels, min and max
+FONT_SIZE = 40
 BACKGROUNDS = ((245, 245, 240), (200, 200, 200), (120, 120, 120), (60, 60, 70), (225, 235, 245), (240, 225, 200))
 SUFFIX = "\nAnswer the question using a single word or phrase."
 QUESTION_TYPES = ("exist", "color", "shape", "position", "count", "read")
@@ -62,7 +66,7 @@ def _overlaps(a, b, margin=8) -> bool:
 def make_scene(rng: random.Random, num_shapes: tuple[int, int] = (2, 4)) -> Scene:
     boxes = []
     sign_w, sign_h = 84, 56
-    x, y = rng.randint(4, SIZE - sign_w - 4), rng.randint(4, SIZE - sign_h - 4)
+    x, y = PATCH * rng.randint(0, (SIZE - sign_w) // PATCH), PATCH * rng.randint(0, (SIZE - sign_h) // PATCH)
     sign = (x, y, x + sign_w, y + sign_h)
     boxes.append(sign)
     combos = [(s, c) for s in SHAPES for c in COLORS]
@@ -70,7 +74,7 @@ def make_scene(rng: random.Random, num_shapes: tuple[int, int] = (2, 4)) -> Scen
     shapes = []
     for shape, color in combos[: rng.randint(*num_shapes)]:
         for _ in range(200):
-            side = rng.randint(56, 84)
+            side = rng.randint(*SHAPE_SIDES)
             x, y = rng.randint(4, SIZE - side - 4), rng.randint(4, SIZE - side - 4)
             box = (x, y, x + side, y + side)
             if not any(_overlaps(box, other) for other in boxes):
@@ -92,19 +96,44 @@ def _draw_shapes(pen: ImageDraw.ImageDraw, scene: Scene, fill_of) -> None:
             pen.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill_of(s))
 
 
-def _sign_text(scene: Scene) -> tuple[tuple[float, float], ImageFont.FreeTypeFont]:
-    """Where (centre, anchor "mm") and in which font the number is written."""
-    centre = ((scene.sign[0] + scene.sign[2]) / 2, (scene.sign[1] + scene.sign[3]) / 2)
-    return centre, ImageFont.load_default(size=40)
+def pattern_on(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where a shape of this kind shows its full colour (elsewhere a half tint towards white): squares are solid,
+    circles striped, triangles checkered. The texture makes the kind visible inside every 14-px patch the shape
+    covers, not only along its outline (a from-scratch two-layer ViT did not learn to tell solid interiors apart
+    by their outline within the training budget)."""
+    if shape == "square":
+        return np.ones_like(x, dtype=bool)
+    if shape == "circle":
+        return (y // 4) % 2 == 0
+    return ((x // 4) + (y // 4)) % 2 == 0
+
+
+def _sign_cells(scene: Scene) -> list[tuple[tuple[float, float], str]]:
+    """(centre, digit) of each digit: each in its own half of the sign, which lies on the 14-px patch grid, so a
+    digit always covers the same patches the same way."""
+    x0, y0, x1, y1 = scene.sign
+    half = (x1 - x0) / 2
+    return [((x0 + half * (i + 0.5), (y0 + y1) / 2), digit) for i, digit in enumerate(scene.number)]
+
+
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=FONT_SIZE)
 
 
 def draw(scene: Scene) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), scene.background)
     pen = ImageDraw.Draw(image)
-    _draw_shapes(pen, scene, lambda s: COLORS[s.color])
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    for s in scene.shapes:
+        mask = Image.new("L", (SIZE, SIZE), 0)
+        _draw_shapes(ImageDraw.Draw(mask), dataclasses.replace(scene, shapes=(s,)), lambda _: 255)
+        full = np.array(COLORS[s.color], dtype=np.uint8)
+        tint = ((full.astype(int) + 255) // 2).astype(np.uint8)
+        texture = np.where(pattern_on(s.shape, x, y)[..., None], full, tint)
+        image.paste(Image.fromarray(texture, "RGB"), (0, 0), mask)
     pen.rectangle(scene.sign, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
-    centre, font = _sign_text(scene)
-    pen.text(centre, scene.number, fill=(0, 0, 0), font=font, anchor="mm")
+    for centre, digit in _sign_cells(scene):
+        pen.text(centre, digit, fill=(0, 0, 0), font=_font(), anchor="mm")
     return image
 
 
@@ -167,26 +196,24 @@ BACKGROUND, SIGN = 0, 1
 NUM_PATCH_LABELS = 2 + len(SHAPES) * len(COLORS) + 20  # background, sign, each (shape, colour), left/right digit
 
 
-def _shape_label(shape: str, color: str) -> int:
+def shape_label(shape: str, color: str) -> int:
     return 2 + SHAPES.index(shape) * len(COLORS) + list(COLORS).index(color)
 
 
-def _digit_label(position: int, digit: str) -> int:
+def digit_label(position: int, digit: str) -> int:
     return 2 + len(SHAPES) * len(COLORS) + 10 * position + int(digit)
 
 
-def patch_labels(scene: Scene, patch: int = 14) -> list[int]:
+def patch_labels(scene: Scene, patch: int = PATCH) -> list[int]:
     """What the centre pixel of each patch (raster order) shows: background, sign, one (shape, colour), or the
     left / right digit of the number. Drawn with the same primitives as `draw`, so labels match the pixels."""
     label_map = Image.new("L", (SIZE, SIZE), BACKGROUND)
     pen = ImageDraw.Draw(label_map)
-    _draw_shapes(pen, scene, lambda s: _shape_label(s.shape, s.color))
+    _draw_shapes(pen, scene, lambda s: shape_label(s.shape, s.color))
     pen.rectangle(scene.sign, fill=SIGN)
-    centre, font = _sign_text(scene)
-    left, top, right, bottom = pen.textbbox(centre, scene.number, font=font, anchor="mm")
-    middle = (left + right) / 2
-    pen.rectangle((left, top, middle, bottom), fill=_digit_label(0, scene.number[0]))
-    pen.rectangle((middle, top, right, bottom), fill=_digit_label(1, scene.number[1]))
+    for position, (centre, digit) in enumerate(_sign_cells(scene)):
+        box = pen.textbbox(centre, digit, font=_font(), anchor="mm")
+        pen.rectangle(box, fill=digit_label(position, digit))
     side = SIZE // patch
     return [
         label_map.getpixel((patch * j + patch // 2, patch * i + patch // 2)) for i in range(side) for j in range(side)

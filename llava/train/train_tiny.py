@@ -6,9 +6,11 @@ Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 1
 layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
 pruning layers 2, 6, 15 and v1.0's 19 exist) with its own small tokenizer. Everything is trained (tower included),
 on freshly drawn scenes, each a multi-turn conversation of up to `--turns` questions so that one pass over the 576
-image tokens teaches several answers, plus an auxiliary per-patch target (what each patch shows, read by a linear
-probe on the tower's features): without it the from-scratch tower learned nothing useful for 500 steps (answers
-at the level of the question-type priors). The result is written in the original LLaVA on-disk format and loads with
+image tokens teaches several answers, plus two auxiliary per-patch targets: a linear probe on the tower's features
+says what each patch shows (without it the from-scratch tower learned nothing useful for 500 steps), and each
+projected visual token is asked to score the words of what it shows highest among the LLM's word embeddings
+(`--align`, LLaVA's feature-alignment idea in miniature). `train_log.txt` gets the losses every 20 steps and the
+teacher-forced held-out accuracy per question type every `--eval-every` steps. The result is written in the original LLaVA on-disk format and loads with
 `load_pretrained_model` like any checkpoint; `train_log.txt` beside it records the command and the losses.
 """
 
@@ -38,10 +40,12 @@ from llava.synthetic.scenes import (
     NUM_PATCH_LABELS,
     SHAPES,
     SUFFIX,
+    digit_label,
     draw,
     make_scene,
     patch_labels,
     questions_for,
+    shape_label,
 )
 from llava.testing.tokenizer import save_tokenizer
 
@@ -115,29 +119,27 @@ def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[
 
 
 def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int, num_shapes=(2, 4)):
-    images, ids, labels, patches = [], [], [], []
+    images, ids, labels, patches, types = [], [], [], [], []
     for _ in range(batch):
         scene = make_scene(rng, num_shapes)
         patches.append(torch.tensor(patch_labels(scene)))
-        qa = [(q, a) for _, q, a in questions_for(scene, rng)]
+        qa = questions_for(scene, rng)
         rng.shuffle(qa)
-        i, l_ = conversation(tokenizer, qa[:turns])
+        i, l_ = conversation(tokenizer, [(q, a) for _, q, a in qa[:turns]])
         images.append(draw(scene))
         ids.append(torch.tensor(i))
         labels.append(torch.tensor(l_))
-    return processor.preprocess(images)["pixel_values"], ids, labels, torch.stack(patches)
+        types.append([t for t, _, _ in qa[:turns]])
+    return processor.preprocess(images)["pixel_values"], ids, labels, torch.stack(patches), types
 
 
-def loss_of(
-    model: LlavaLlamaForCausalLM, pixels, ids, labels, patches, patch_head
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(answer loss, patch loss). The answer loss is the mean cross-entropy of the answer tokens; sequences are
-    right-padded (under causal attention no real token sees a later pad, so the fast causal kernel runs). The patch
-    loss asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives the
-    from-scratch tower meaningful features early; the probe is not part of the checkpoint)."""
+def forward_answers(
+    model: LlavaLlamaForCausalLM, pixels, ids, labels
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tower features, logits at every position that predicts an answer token, those tokens). Sequences are
+    right-padded (under causal attention no real token sees a later pad, so the fast causal kernel runs)."""
     tower = model.model.vision_tower
     visual = tower.feature_select(tower.encoder_hidden_states(pixels))
-    patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
     features = model.model.mm_projector(visual)
     embeds, targets = [], []
     for b, (ids_b, lab) in enumerate(zip(ids, labels, strict=True)):
@@ -152,8 +154,71 @@ def loss_of(
     state = SequenceState(hidden, positions, torch.ones_like(positions, dtype=torch.bool), False)
     hidden = DecoderLoop(model.model, "sdpa").run(state, None)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
-    logits = model.lm_head(hidden[:, :-1][pos])
-    return nn.functional.cross_entropy(logits.float(), target[:, 1:][pos]), patch_loss
+    return visual, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos]
+
+
+def patch_words(tokenizer) -> torch.Tensor:
+    """[NUM_PATCH_LABELS, 2] token ids of the words a patch with that label shows (its colour and shape word, or
+    its digit as it is written in an answer), IGNORE_INDEX where there is none (background, sign)."""
+    table = torch.full((NUM_PATCH_LABELS, 2), IGNORE_INDEX)
+    for shape in SHAPES:
+        for color in COLORS:
+            table[shape_label(shape, color)] = torch.tensor(
+                [tokenizer(color).input_ids[1], tokenizer(shape).input_ids[1]]
+            )
+    for digit in "0123456789":
+        left, right = tokenizer(f"{digit}{digit}").input_ids[1:3]
+        table[digit_label(0, digit), 0] = left
+        table[digit_label(1, digit), 0] = right
+    return table
+
+
+def loss_of(
+    model: LlavaLlamaForCausalLM, pixels, ids, labels, patches, patch_head, words=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer loss, patch loss). The answer loss is the mean cross-entropy of the answer tokens. The patch loss
+    asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives the
+    from-scratch tower meaningful features early; the probe is not part of the checkpoint) and, with `words`
+    (`patch_words`), asks each projected visual token to score the words of what it shows highest among the
+    LLM's input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens
+    of what it names start out alike."""
+    visual, logits, target = forward_answers(model, pixels, ids, labels)
+    patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
+    if words is not None:
+        scores = model.model.mm_projector(visual) @ model.model.embed_tokens.weight.T  # [B, P, vocab]
+        wanted = words[patches]  # [B, P, 2]
+        for column in range(2):
+            if (wanted[..., column] != IGNORE_INDEX).any():
+                patch_loss = patch_loss + 0.5 * nn.functional.cross_entropy(
+                    scores.flatten(0, 1).float(), wanted[..., column].flatten(), ignore_index=IGNORE_INDEX
+                )
+    return nn.functional.cross_entropy(logits.float(), target), patch_loss
+
+
+@torch.no_grad()
+def validate(model: LlavaLlamaForCausalLM, batches) -> str:
+    """Teacher-forced accuracy of each answer's first token, per question type, on fixed held-out scenes: a cheap
+    progress signal for the log (the real measure is the benchmark scorer on generated answers)."""
+    model.eval()
+    hits, totals = {}, {}
+    for pixels, ids, labels, _, types in batches:
+        _, logits, target = forward_answers(model, pixels, ids, labels)
+        correct = (logits.argmax(-1) == target).tolist()
+        # answers are consecutive runs of labelled positions; their first tokens come in conversation order
+        firsts = []
+        for lab in labels:
+            shifted = lab[1:]
+            starts = (shifted != IGNORE_INDEX) & torch.cat([torch.tensor([True]), shifted[:-1] == IGNORE_INDEX])
+            firsts.append(starts[shifted != IGNORE_INDEX])
+        for ok, first, kind in zip(
+            torch.tensor(correct).split([int(f.numel()) for f in firsts]), firsts, types, strict=True
+        ):
+            for t, hit in zip(kind, ok[first].tolist(), strict=True):
+                hits[t] = hits.get(t, 0) + hit
+                totals[t] = totals.get(t, 0) + 1
+    model.train()
+    overall = 100 * sum(hits.values()) / sum(totals.values())
+    return f"val {overall:.1f} " + " ".join(f"{t}={100 * hits[t] / totals[t]:.0f}" for t in sorted(totals))
 
 
 def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
@@ -187,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision-hidden", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch-loss-weight", type=float, default=1.0)
+    parser.add_argument("--align", type=int, default=1, help="1: align visual tokens with word embeddings")
     parser.add_argument("--curriculum-steps", type=int, default=0, help="first steps on one-shape scenes")
     parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
+    parser.add_argument("--eval-every", type=int, default=100, help="log held-out answer accuracy every N steps")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -208,11 +275,14 @@ def main(argv: list[str] | None = None) -> None:
             layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
             layer.mlp.down_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
     patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
+    words = patch_words(tokenizer) if args.align else None
     params = [p for p in model.parameters() if p.requires_grad] + list(patch_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     log = (args.out / "train_log.txt").open("w")
     command = " ".join(argv if argv is not None else sys.argv[1:])
     log.write(f"command: python -m llava.train.train_tiny {command}\n{json.dumps(vars(args), default=str)}\n")
+    held_out = random.Random(args.seed + 10_000)  # validation scenes, never drawn for training
+    val_batches = [make_batch(held_out, tokenizer, processor, 8, args.turns) for _ in range(4)]
     budget = args.minutes * 60
     start, step, smooth = time.time(), 0, None
     model.train()
@@ -225,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         num_shapes = (1, 1) if step < args.curriculum_steps else (2, 4)  # warm-up: one shape, nothing to tell apart
-        pixels, ids, labels, patches = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
-        answer_loss, patch_loss = loss_of(model, pixels, ids, labels, patches, patch_head)
+        pixels, ids, labels, patches, _ = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
+        answer_loss, patch_loss = loss_of(model, pixels, ids, labels, patches, patch_head, words)
         loss = answer_loss + args.patch_loss_weight * patch_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -242,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
+        if step % args.eval_every == 0:
+            line = f"step {step} {validate(model, val_batches)}"
+            print(line, flush=True)
+            log.write(line + "\n")
         if step % args.save_every == 0:
             save(model, clip, processor, tokenizer_dir, args.out)
     save(model, clip, processor, tokenizer_dir, args.out)
