@@ -10,8 +10,8 @@ image tokens teaches several answers, plus two auxiliary per-patch targets: a li
 says what each patch shows (without it the from-scratch tower learned nothing useful for 500 steps), and each
 projected visual token is asked to score the words of what it shows highest among the LLM's word embeddings
 (`--align`, LLaVA's feature-alignment idea in miniature). `train_log.txt` gets the losses every 20 steps and the
-teacher-forced held-out accuracy per question type every `--eval-every` steps. The result is written in the original LLaVA on-disk format and loads with
-`load_pretrained_model` like any checkpoint; `train_log.txt` beside it records the command and the losses.
+teacher-forced held-out accuracy per question type every `--eval-every` steps, after the command itself. The
+result is written in the original LLaVA on-disk format and loads with `load_pretrained_model` like any checkpoint.
 """
 
 from __future__ import annotations
