@@ -25,10 +25,20 @@ def test_two_steps_train_and_the_result_loads(tmp_path):
             "32",
             "--threads",
             "1",
+            "--eval-every",
+            "1",
         ]
     )
     log = (tmp_path / "train_log.txt").read_text()
     assert "--steps 2" in log.splitlines()[0] and "done: 2 steps" in log
+    # the held-out accuracy line of each step: overall, then each question type asked, as percentages
+    val_lines = [line.split() for line in log.splitlines() if " val " in line]
+    assert [line[:3] for line in val_lines] == [["step", "1", "val"], ["step", "2", "val"]]
+    for line in val_lines:
+        assert 0 <= float(line[3]) <= 100
+        kinds = dict(item.split("=") for item in line[4:])
+        assert set(kinds) <= set(scenes.QUESTION_TYPES) and len(kinds) >= 2
+        assert all(0 <= int(v) <= 100 for v in kinds.values())
     tokenizer, model, processor, _ = load_pretrained_model(
         str(tmp_path / train_tiny.MODEL_DIR), device="cpu", pruning=None
     )

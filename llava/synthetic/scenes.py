@@ -17,6 +17,7 @@ Questions carry LLaVA's short-answer suffix, so the files are LLaVA question fil
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 
 import numpy as np
@@ -116,6 +117,7 @@ def _sign_cells(scene: Scene) -> list[tuple[tuple[float, float], str]]:
     return [((x0 + half * (i + 0.5), (y0 + y1) / 2), digit) for i, digit in enumerate(scene.number)]
 
 
+@functools.cache
 def _font() -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=FONT_SIZE)
 

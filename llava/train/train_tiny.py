@@ -135,9 +135,10 @@ def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int,
 
 def forward_answers(
     model: LlavaLlamaForCausalLM, pixels, ids, labels
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tower features, logits at every position that predicts an answer token, those tokens). Sequences are
-    right-padded (under causal attention no real token sees a later pad, so the fast causal kernel runs)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tower features, projected visual tokens, logits at every position that predicts an answer token, those
+    tokens). Sequences are right-padded (under causal attention no real token sees a later pad, so the fast causal
+    kernel runs)."""
     tower = model.model.vision_tower
     visual = tower.feature_select(tower.encoder_hidden_states(pixels))
     features = model.model.mm_projector(visual)
@@ -154,7 +155,7 @@ def forward_answers(
     state = SequenceState(hidden, positions, torch.ones_like(positions, dtype=torch.bool), False)
     hidden = DecoderLoop(model.model, "sdpa").run(state, None)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
-    return visual, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos]
+    return visual, features, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos]
 
 
 def patch_words(tokenizer) -> torch.Tensor:
@@ -182,10 +183,10 @@ def loss_of(
     (`patch_words`), asks each projected visual token to score the words of what it shows highest among the
     LLM's input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens
     of what it names start out alike."""
-    visual, logits, target = forward_answers(model, pixels, ids, labels)
+    visual, features, logits, target = forward_answers(model, pixels, ids, labels)
     patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
     if words is not None:
-        scores = model.model.mm_projector(visual) @ model.model.embed_tokens.weight.T  # [B, P, vocab]
+        scores = features @ model.model.embed_tokens.weight.T  # [B, P, vocab]
         wanted = words[patches]  # [B, P, 2]
         for column in range(2):
             if (wanted[..., column] != IGNORE_INDEX).any():
@@ -202,17 +203,14 @@ def validate(model: LlavaLlamaForCausalLM, batches) -> str:
     model.eval()
     hits, totals = {}, {}
     for pixels, ids, labels, _, types in batches:
-        _, logits, target = forward_answers(model, pixels, ids, labels)
-        correct = (logits.argmax(-1) == target).tolist()
-        # answers are consecutive runs of labelled positions; their first tokens come in conversation order
+        *_, logits, target = forward_answers(model, pixels, ids, labels)
+        correct = logits.argmax(-1) == target  # every answer token of the batch, sample after sample
+        # answers are runs of labelled positions; their first tokens come in conversation order
         firsts = []
         for lab in labels:
-            shifted = lab[1:]
-            starts = (shifted != IGNORE_INDEX) & torch.cat([torch.tensor([True]), shifted[:-1] == IGNORE_INDEX])
-            firsts.append(starts[shifted != IGNORE_INDEX])
-        for ok, first, kind in zip(
-            torch.tensor(correct).split([int(f.numel()) for f in firsts]), firsts, types, strict=True
-        ):
+            predicted = lab[1:] != IGNORE_INDEX
+            firsts.append((predicted & ~torch.cat([torch.tensor([False]), predicted[:-1]]))[predicted])
+        for ok, first, kind in zip(correct.split([len(f) for f in firsts]), firsts, types, strict=True):
             for t, hit in zip(kind, ok[first].tolist(), strict=True):
                 hits[t] = hits.get(t, 0) + hit
                 totals[t] = totals.get(t, 0) + 1
