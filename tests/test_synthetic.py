@@ -125,3 +125,29 @@ def test_scorer_counts_per_type_and_normalises():
     metrics = benchmark.score(truth, answers)
     assert metrics["per_type"] == {"exist": 0.0, "color": 50.0, "read": 0.0}
     assert metrics["reported"] == pytest.approx(25.0) and metrics["failed"] == 1 and metrics["missing"] == 1
+
+
+def test_evidence_patches_cover_what_each_question_is_about():
+    from llava.synthetic.scenes import PATCH, evidence_patches
+
+    def inside(index, box):
+        x, y = PATCH * (index % 24) + PATCH // 2, PATCH * (index // 24) + PATCH // 2
+        return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+    for scene, questions in _scenes(n=20):
+        for qtype, question, answer in questions:
+            evidence = evidence_patches(scene, question)
+            if qtype == "read":
+                assert len(evidence) == 2 and all(evidence) and all(inside(i, scene.sign) for e in evidence for i in e)
+                assert max(i % 24 for i in evidence[0]) < min(i % 24 for i in evidence[1])  # left, then right
+                continue
+            (patches,) = evidence
+            if qtype == "exist" and answer == "no" or qtype == "count" and answer == "0":
+                assert patches == []
+                continue
+            boxes = [s.box for s in scene.shapes]
+            if qtype == "color":
+                boxes = [s.box for s in scene.shapes if s.shape in question]
+            if qtype == "shape":
+                boxes = [s.box for s in scene.shapes if s.color in question]
+            assert patches and all(any(inside(i, box) for box in boxes) for i in patches)

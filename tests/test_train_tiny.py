@@ -1,16 +1,21 @@
 """The tiny-model training script end to end at toy size: it trains, and what it writes loads through the real
 loader (original LLaVA format, tower beside the checkpoint) and answers."""
 
+import pytest
+
 from llava.model.builder import load_pretrained_model
-from llava.synthetic import scenes
+from llava.synthetic import compare, scenes
 from llava.train import train_tiny
 
 
-def test_two_steps_train_and_the_result_loads(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A toy-width model trained for two steps, grown from 2 to 20 layers after the first."""
+    out = tmp_path_factory.mktemp("tiny")
     train_tiny.main(
         [
             "--out",
-            str(tmp_path),
+            str(out),
             "--steps",
             "2",
             "--batch",
@@ -27,10 +32,20 @@ def test_two_steps_train_and_the_result_loads(tmp_path):
             "1",
             "--eval-every",
             "1",
+            "--base-layers",
+            "2",
+            "--grow-at",
+            "0.5",
         ]
     )
+    return out
+
+
+def test_two_steps_train_and_the_result_loads(trained):
+    tmp_path = trained
     log = (tmp_path / "train_log.txt").read_text()
     assert "--steps 2" in log.splitlines()[0] and "done: 2 steps" in log
+    assert "step 1 grow: 2 -> 20 layers" in log
     # the held-out accuracy line of each step: overall, then each question type asked, as percentages
     val_lines = [line.split() for line in log.splitlines() if " val " in line]
     assert [line[:3] for line in val_lines] == [["step", "1", "val"], ["step", "2", "val"]]
@@ -81,3 +96,102 @@ def test_patch_words_name_what_each_patch_shows(tmp_path):
     left, right = table[scenes.digit_label(0, "4"), 0], table[scenes.digit_label(1, "7"), 0]
     assert [left, right] == tokenizer("47").input_ids[1:]
     assert (table[[scenes.BACKGROUND, scenes.SIGN]] == -100).all()
+
+
+def test_packed_questions_see_only_the_image_and_their_own_question(tmp_path):
+    """Several questions about one image trained in one packed sequence give each answer exactly the logits the
+    inference path gives that question asked alone (the evaluation prompt), with the model grown mid-way."""
+    import argparse
+    import random
+
+    import torch
+
+    from llava.model.builder import load_tokenizer
+    from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
+    from llava.testing.tokenizer import save_tokenizer
+
+    torch.manual_seed(0)
+    save_tokenizer(tmp_path, corpus=train_tiny.tokenizer_corpus())
+    tokenizer = load_tokenizer(tmp_path)
+    sizes = argparse.Namespace(vision_hidden=32, hidden=32, intermediate=64, layers=20, heads=4, rope_theta=1e6)
+    model, _, _ = train_tiny.build_model(tokenizer, len(tokenizer), sizes, "unused")
+    train_tiny.grow(model.model.layers, 3)  # layers 3.. copy layer 2's weights (their outputs are random here)
+    model.eval()
+    scene = scenes.make_scene(random.Random(3))
+    qa = [(q, a) for _, q, a in scenes.questions_for(scene, random.Random(4))][:3]
+    ids, labels, segments = train_tiny.conversation(tokenizer, qa)
+    pixels = CLIPImagePreprocessor(size=336, crop_size=336).preprocess([scenes.draw(scene)])["pixel_values"]
+    with torch.no_grad():
+        out = train_tiny.forward_answers(
+            model, pixels, [torch.tensor(ids)], [torch.tensor(labels)], [torch.tensor(segments)]
+        )
+    packed, targets = out.logits, out.targets
+    alone, alone_targets = [], []
+    for question, answer in qa:
+        one_ids, one_labels, _ = train_tiny.conversation(tokenizer, [(question, answer)])
+        n = sum(label != -100 for label in one_labels)
+        logits = model(torch.tensor(one_ids), images=pixels)[0]
+        alone.append(logits[-n - 1 : -1])
+        alone_targets.append(torch.tensor(one_ids[-n:]))
+    assert torch.equal(targets, torch.cat(alone_targets))
+    torch.testing.assert_close(packed, torch.cat(alone), atol=2e-4, rtol=1e-4)
+
+
+def test_compare_runs_methods_on_the_trained_model_and_tabulates(trained, tmp_path):
+    """The comparison command end to end on a model of the bundled shape: a held-out split, one answer file per
+    method, a results table whose token counts are each method's budget."""
+    rows = compare.main(
+        [
+            "--model",
+            str(trained / train_tiny.MODEL_DIR),
+            "--out",
+            str(tmp_path),
+            "--questions",
+            "6",
+            "--budgets",
+            "64",
+            "--methods",
+            "none",
+            "sparsevlm-2_0",
+            "random",
+        ]
+    )
+    by_tag = {r["tag"]: r for r in rows}
+    assert set(by_tag) == {"none", "sparsevlm-2_0-64", "random-64"}
+    assert all(r["answers_count"] == 6 and r["failed"] == 0 and r["score"] is not None for r in rows)
+    assert by_tag["none"]["equal_tokens"] == 576 and by_tag["random-64"]["equal_tokens"] == 64
+    assert by_tag["sparsevlm-2_0-64"]["equal_tokens"] < 576
+    assert (tmp_path / "results" / "results.md").is_file()
+    with pytest.raises(SystemExit, match="holds a split of 6 questions"):
+        compare.main(["--model", str(trained / train_tiny.MODEL_DIR), "--out", str(tmp_path), "--questions", "7"])
+
+
+def test_grounding_reads_the_attention_the_layer_computes():
+    """`head_attention` is the first head's attention of the layer (transformers' eager attention, renormalised over
+    the chosen keys), and the grounding loss is -log of its mass on the needed patches."""
+    import argparse
+
+    import torch
+
+    torch.manual_seed(0)
+    sizes = argparse.Namespace(vision_hidden=32, hidden=32, intermediate=64, layers=20, heads=4, rope_theta=1e6)
+    model, _, _ = train_tiny.build_model(None, 64, sizes, "unused")
+    layer = model.model.layers[3]
+    hidden = torch.randn(2, 30, 32)
+    positions = torch.arange(30)[None].expand(2, -1)
+    rotary = model.model.rotary_emb(hidden, positions)
+    queries = (torch.tensor([0, 1, 1]), torch.tensor([25, 22, 29]))
+    keys = slice(4, 20)
+    ours = train_tiny.head_attention(layer, hidden, rotary, queries, keys)
+    model.config.text_config._attn_implementation = "eager"
+    with torch.no_grad():
+        _, weights = layer.self_attn(layer.input_layernorm(hidden), position_embeddings=rotary, attention_mask=None)
+    expected = weights[queries[0], 0, queries[1], keys]
+    expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(ours.exp(), expected, atol=1e-5, rtol=1e-4)
+    evidence = torch.zeros(3, 16, dtype=torch.bool)
+    evidence[0, [2, 5]] = True
+    evidence[2, 7] = True  # the second query needs nothing: skipped
+    loss = train_tiny.grounding_loss(ours, evidence)
+    want = -(torch.log(expected[0, 2] + expected[0, 5]) + torch.log(expected[2, 7])) / 2
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-4)

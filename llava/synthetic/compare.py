@@ -4,7 +4,7 @@
     python -m llava.synthetic.compare --questions 240  # a quicker look
 
 Writes the held-out split (seed 1, never used in training) and the answers under `--out` (default
-`playground/synthetic`), as `<out>/synthetic/answers/<model>/<method>.jsonl`, so runs resume and the results
+`playground/synthetic-<questions>`), as `<out>/synthetic/answers/<model>/<method>.jsonl`, so runs resume and the results
 summary (`llava.eval.summarize_results`) scores them: accuracy (overall; per question type in each answer file's
 scorer output), equal tokens, decoder TFLOPs and latency per method, in `<out>/results/` (markdown, CSV, plots).
 """
@@ -43,17 +43,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(BUNDLED))
-    parser.add_argument("--out", type=Path, default=Path("playground/synthetic"))
+    parser.add_argument("--out", type=Path, default=None, help="default: playground/synthetic-<questions>")
     parser.add_argument("--questions", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64])
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="only these rows, by tag prefix (e.g. none random-64)"
+    )
     args = parser.parse_args(argv)
 
+    args.out = args.out or Path(f"playground/synthetic-{args.questions}")
     data = args.out / "synthetic"
     if not (data / "questions.jsonl").is_file():
         write_split(data, args.seed, args.questions)
-    rows = read_questions(data / "questions.jsonl", ("question_id", "image", "text"))[: args.questions]
+    rows = read_questions(data / "questions.jsonl", ("question_id", "image", "text"))
+    if len(rows) != args.questions:
+        raise SystemExit(
+            f"{data} holds a split of {len(rows)} questions, not {args.questions}: pass another --out (the answer "
+            "files there are scored against that split)"
+        )
     questions = [
         Question(
             r["text"],
@@ -64,7 +73,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     model_name = Path(args.model).name
     loaded = None
-    for tag, flags in configurations(args.budgets):
+    runs = configurations(args.budgets)
+    if args.methods:
+        runs = [(tag, flags) for tag, flags in runs if tag.startswith(tuple(args.methods))]
+    for tag, flags in runs:
         gen_parser = argparse.ArgumentParser()
         add_generation_args(gen_parser, max_new_tokens=8)
         gen_args = gen_parser.parse_args(

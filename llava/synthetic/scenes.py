@@ -99,14 +99,16 @@ def _draw_shapes(pen: ImageDraw.ImageDraw, scene: Scene, fill_of) -> None:
 
 def pattern_on(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Where a shape of this kind shows its full colour (elsewhere a half tint towards white): squares are solid,
-    circles striped, triangles checkered. The texture makes the kind visible inside every 14-px patch the shape
-    covers, not only along its outline (a from-scratch two-layer ViT did not learn to tell solid interiors apart
-    by their outline within the training budget)."""
+    circles striped, triangles checkered, with one stripe / check period per 14-px patch, laid on the patch grid.
+    So every patch inside a shape shows the same picture for its kind, which a linear patch embedding tells apart
+    at once (a from-scratch ViT did not learn to tell solid interiors apart by their outline within the training
+    budget, and finer textures out of phase with the grid were slow to learn too)."""
+    top, left = (y % PATCH) < PATCH // 2, (x % PATCH) < PATCH // 2
     if shape == "square":
         return np.ones_like(x, dtype=bool)
     if shape == "circle":
-        return (y // 4) % 2 == 0
-    return ((x // 4) + (y // 4)) % 2 == 0
+        return top
+    return top != left
 
 
 def _sign_cells(scene: Scene) -> list[tuple[tuple[float, float], str]]:
@@ -220,3 +222,20 @@ def patch_labels(scene: Scene, patch: int = PATCH) -> list[int]:
     return [
         label_map.getpixel((patch * j + patch // 2, patch * i + patch // 2)) for i in range(side) for j in range(side)
     ]
+
+
+def evidence_patches(scene: Scene, question: str, labels: list[int] | None = None) -> list[list[int]]:
+    """The patches (raster indices) each answer token needs, in answer order: the two digits' patches for the
+    number on the sign, else one entry: the patches of the objects the question names (both attributes when it
+    names both, every object for "How many objects"), empty when it names none in the picture (a near miss)."""
+    labels = patch_labels(scene) if labels is None else labels
+    if "number" in question:
+        return [[i for i, lab in enumerate(labels) if lab == digit_label(pos, d)] for pos, d in enumerate(scene.number)]
+    colors = [c for c in COLORS if c in question]
+    shapes = [s for s in SHAPES if s in question]
+    named = {
+        shape_label(s.shape, s.color)
+        for s in scene.shapes
+        if (not colors or s.color in colors) and (not shapes or s.shape in shapes)
+    }
+    return [[i for i, lab in enumerate(labels) if lab in named]]

@@ -17,6 +17,7 @@ result is written in the original LLaVA on-disk format and loads with `load_pret
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -31,7 +32,6 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
 from llava.model.config import LlavaConfig
-from llava.model.language_model.decoder import DecoderLoop, SequenceState
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
@@ -42,6 +42,7 @@ from llava.synthetic.scenes import (
     SUFFIX,
     digit_label,
     draw,
+    evidence_patches,
     make_scene,
     patch_labels,
     questions_for,
@@ -84,6 +85,7 @@ def build_model(tokenizer, vocab_size: int, args, tower_name: str):
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
         max_position_embeddings=2048,
+        rope_theta=args.rope_theta,
         rms_norm_eps=1e-5,
         bos_token_id=1,
         eos_token_id=2,
@@ -98,64 +100,144 @@ def build_model(tokenizer, vocab_size: int, args, tower_name: str):
     return model, clip, vision
 
 
-def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
-    """Token ids and labels of a multi-turn conversation about one image; only the answers (and their </s>) are
-    learned. The first turn is exactly the evaluation prompt."""
-    conv = get_conv_template("vicuna_v1")
-    first_q, _ = qa[0]
-    conv.append_message(conv.roles[0], "<image>\n" + first_q + SUFFIX)
-    conv.append_message(conv.roles[1], None)
-    ids = tokenizer_image_token(conv.get_prompt(), tokenizer)
-    labels = [IGNORE_INDEX] * len(ids)
-    for i, (_, answer) in enumerate(qa):
+def conversation(tokenizer, qa: list[tuple[str, str]]) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, labels and segments of all questions about one image packed into one sequence: the prompt up to
+    the image (segment 0), then one tail per question (segment i + 1: the question, "ASSISTANT:", the answer and
+    </s>). Only answers are learned. With `segment_mask` each tail sees the shared part and itself only, at the
+    positions it would have right after the image, so every tail is exactly the evaluation prompt of its question
+    (and no answer can be copied from another question's words, a shortcut plain multi-turn training taught)."""
+    prefix, ids, labels, segments = None, [], [], []
+    for i, (question, answer) in enumerate(qa):
+        conv = get_conv_template("vicuna_v1")
+        conv.append_message(conv.roles[0], "<image>\n" + question + SUFFIX)
+        conv.append_message(conv.roles[1], None)
+        prompt = tokenizer_image_token(conv.get_prompt(), tokenizer)
+        k = prompt.index(IMAGE_TOKEN_INDEX) + 1
+        if prefix is None:
+            prefix = prompt[:k]
+            ids, labels, segments = list(prefix), [IGNORE_INDEX] * k, [0] * k
+        assert prompt[:k] == prefix, "every question shares the prompt up to the image"
         answer_ids = tokenizer(answer).input_ids[1:] + [tokenizer.eos_token_id]
-        ids += answer_ids
-        labels += answer_ids
-        if i + 1 < len(qa):
-            turn = tokenizer(f"USER: {qa[i + 1][0]}{SUFFIX} ASSISTANT:").input_ids[1:]
-            ids += turn
-            labels += [IGNORE_INDEX] * len(turn)
-    return ids, labels
+        ids += prompt[k:] + answer_ids
+        labels += [IGNORE_INDEX] * (len(prompt) - k) + answer_ids
+        segments += [i + 1] * (len(prompt) - k + len(answer_ids))
+    return ids, labels, segments
 
 
 def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int, num_shapes=(2, 4)):
-    images, ids, labels, patches, types = [], [], [], [], []
+    """(pixels, ids, labels, segments, patch labels, question types, evidence): `evidence` is a bool [answer tokens
+    of the batch, 576] telling which patches each answer token needs (`evidence_patches`), for `grounding_loss`."""
+    images, ids, labels, segments, patches, types, evidence = [], [], [], [], [], [], []
     for _ in range(batch):
         scene = make_scene(rng, num_shapes)
-        patches.append(torch.tensor(patch_labels(scene)))
+        scene_labels = patch_labels(scene)
+        patches.append(torch.tensor(scene_labels))
         qa = questions_for(scene, rng)
         rng.shuffle(qa)
-        i, l_ = conversation(tokenizer, [(q, a) for _, q, a in qa[:turns]])
+        qa = qa[:turns]
+        i, l_, s_ = conversation(tokenizer, [(q, a) for _, q, a in qa])
         images.append(draw(scene))
         ids.append(torch.tensor(i))
         labels.append(torch.tensor(l_))
-        types.append([t for t, _, _ in qa[:turns]])
-    return processor.preprocess(images)["pixel_values"], ids, labels, torch.stack(patches), types
+        segments.append(torch.tensor(s_))
+        types.append([t for t, _, _ in qa])
+        for _, question, answer in qa:
+            needs = evidence_patches(scene, question, scene_labels)
+            for j in range(len(tokenizer(answer).input_ids)):  # the answer's tokens and its </s>
+                row = torch.zeros(len(scene_labels), dtype=torch.bool)
+                row[needs[j] if j < len(needs) else []] = True
+                evidence.append(row)
+    pixels = processor.preprocess(images)["pixel_values"]
+    return pixels, ids, labels, segments, torch.stack(patches), types, torch.stack(evidence)
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Rotary positions [L] of a packed sequence: the shared part counts 0, 1, ...; each tail restarts right
+    after it."""
+    index = torch.arange(len(segments))
+    shared = int((segments == 0).sum())
+    starts = torch.zeros(int(segments.max()) + 1, dtype=torch.long)
+    for seg in range(1, len(starts)):
+        starts[seg] = int((segments == seg).nonzero()[0, 0])
+    return torch.where(segments == 0, index, shared + index - starts[segments])
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] bool: a token sees earlier tokens of its own segment and the whole shared segment 0; padding
+    (segment -1) sees only itself, so no softmax row is empty."""
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+    causal = torch.ones(segments.shape[1], segments.shape[1], dtype=torch.bool).tril()
+    allowed = ((seg_k == 0) & (seg_q >= 0) | (seg_k == seg_q)) & causal  # segment 0 comes first
+    return (allowed | torch.eye(segments.shape[1], dtype=torch.bool))[:, None]
+
+
+@dataclasses.dataclass
+class Answers:
+    visual: torch.Tensor  # [B, 576, C] tower features
+    features: torch.Tensor  # [B, 576, D] projected visual tokens
+    logits: torch.Tensor  # [N, V] at every position that predicts an answer token
+    targets: torch.Tensor  # [N] those tokens
+    grounding: torch.Tensor | None  # [N, 576] log-attention of head 0 of `ground_layer` over the visual tokens
 
 
 def forward_answers(
-    model: LlavaLlamaForCausalLM, pixels, ids, labels
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tower features, projected visual tokens, logits at every position that predicts an answer token, those
-    tokens). Sequences are right-padded (under causal attention no real token sees a later pad, so the fast causal
-    kernel runs)."""
+    model: LlavaLlamaForCausalLM, pixels, ids, labels, segments, layers=None, ground_layer: int | None = None
+) -> Answers:
+    """Run the decoder `layers` (default: all) under `segment_mask`; with `ground_layer`, also where that layer's
+    first head looks among the visual tokens from each position that predicts an answer token."""
     tower = model.model.vision_tower
     visual = tower.feature_select(tower.encoder_hidden_states(pixels))
     features = model.model.mm_projector(visual)
-    embeds, targets = [], []
-    for b, (ids_b, lab) in enumerate(zip(ids, labels, strict=True)):
+    num_visual = features.shape[1]
+    embeds, targets, segs = [], [], []
+    for b, (ids_b, lab, seg) in enumerate(zip(ids, labels, segments, strict=True)):
         k = int((ids_b == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
         text = model.model.embed_tokens(torch.cat([ids_b[:k], ids_b[k + 1 :]]))
         embeds.append(torch.cat([text[:k], features[b], text[k:]]))
-        targets.append(torch.cat([lab[:k], torch.full((features.shape[1],), IGNORE_INDEX), lab[k + 1 :]]))
+        targets.append(torch.cat([lab[:k], torch.full((num_visual,), IGNORE_INDEX), lab[k + 1 :]]))
+        segs.append(torch.cat([seg[:k], torch.zeros(num_visual, dtype=torch.long), seg[k + 1 :]]))
     longest = max(len(e) for e in embeds)
     hidden = torch.stack([nn.functional.pad(e, (0, 0, 0, longest - len(e))) for e in embeds])
     target = torch.stack([nn.functional.pad(t, (0, longest - len(t)), value=IGNORE_INDEX) for t in targets])
-    positions = torch.arange(longest)[None].expand(len(embeds), -1)
-    state = SequenceState(hidden, positions, torch.ones_like(positions, dtype=torch.bool), False)
-    hidden = DecoderLoop(model.model, "sdpa").run(state, None)
+    positions = torch.stack([nn.functional.pad(segment_positions(s), (0, longest - len(s))) for s in segs])
+    mask = segment_mask(torch.stack([nn.functional.pad(s, (0, longest - len(s)), value=-1) for s in segs]))
+    text_model = model.model
+    rotary = text_model.rotary_emb(hidden, positions)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
-    return visual, features, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos]
+    grounding = None
+    for idx, layer in enumerate(text_model.layers if layers is None else layers):
+        if idx == ground_layer:
+            image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+            grounding = head_attention(layer, hidden, rotary, pos, slice(image_start, image_start + num_visual))
+        hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
+    hidden = text_model.norm(hidden)
+    return Answers(visual, features, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos], grounding)
+
+
+def head_attention(layer, hidden: torch.Tensor, rotary, queries, keys: slice) -> torch.Tensor:
+    """Log-softmax over `keys` of the first head's scores in `layer` (input `hidden` [B, L, D]) from the query
+    positions `queries` ((batch, position) index tensors), RoPE applied as the layer applies it."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    batch_idx, query_idx = queries
+    cos, sin = rotary  # [B, L, hd]
+    q = attn.q_proj(x[batch_idx, query_idx])[:, : attn.head_dim]  # [N, hd]
+    q = q * cos[batch_idx, query_idx] + rotate_half(q) * sin[batch_idx, query_idx]
+    k = attn.k_proj(x[:, keys])[..., : attn.head_dim]  # [B, K, hd]
+    k = k * cos[:, keys] + rotate_half(k) * sin[:, keys]
+    scores = (k[batch_idx] @ q[:, :, None])[..., 0] * attn.scaling  # [N, K]
+    return scores.float().log_softmax(-1)
+
+
+def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+    """-log of the attention mass on the patches each answer token needs (tokens that need none are skipped)."""
+    has = evidence.any(-1)
+    if not has.any():
+        return log_attention.sum() * 0
+    masked = log_attention[has].masked_fill(~evidence[has], float("-inf"))
+    return -masked.logsumexp(-1).mean()
 
 
 def patch_words(tokenizer) -> torch.Tensor:
@@ -175,15 +257,21 @@ def patch_words(tokenizer) -> torch.Tensor:
 
 
 def loss_of(
-    model: LlavaLlamaForCausalLM, pixels, ids, labels, patches, patch_head, words=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(answer loss, patch loss). The answer loss is the mean cross-entropy of the answer tokens. The patch loss
+    model: LlavaLlamaForCausalLM, batch, patch_head, words=None, layers=None, ground_layer: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(answer loss, patch loss, grounding loss). The answer loss is the mean cross-entropy of the answer tokens.
+    The grounding loss (`grounding_loss`, with `ground_layer`) asks one head to look, from each position that
+    predicts an answer token, at the patches that answer needs: the credit assignment a from-scratch model
+    otherwise has to discover through 576 visual tokens, and what makes attention-based pruning meaningful on
+    this benchmark, as text-to-image attention is in a pretrained LLaVA. The patch loss
     asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives the
     from-scratch tower meaningful features early; the probe is not part of the checkpoint) and, with `words`
     (`patch_words`), asks each projected visual token to score the words of what it shows highest among the
     LLM's input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens
     of what it names start out alike."""
-    visual, features, logits, target = forward_answers(model, pixels, ids, labels)
+    pixels, ids, labels, segments, patches, _, evidence = batch
+    out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer)
+    visual, features = out.visual, out.features
     patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
     if words is not None:
         scores = features @ model.model.embed_tokens.weight.T  # [B, P, vocab]
@@ -193,18 +281,19 @@ def loss_of(
                 patch_loss = patch_loss + 0.5 * nn.functional.cross_entropy(
                     scores.flatten(0, 1).float(), wanted[..., column].flatten(), ignore_index=IGNORE_INDEX
                 )
-    return nn.functional.cross_entropy(logits.float(), target), patch_loss
+    grounding = torch.zeros(()) if out.grounding is None else grounding_loss(out.grounding, evidence)
+    return nn.functional.cross_entropy(out.logits.float(), out.targets), patch_loss, grounding
 
 
 @torch.no_grad()
-def validate(model: LlavaLlamaForCausalLM, batches) -> str:
+def validate(model: LlavaLlamaForCausalLM, batches, layers=None) -> str:
     """Teacher-forced accuracy of each answer's first token, per question type, on fixed held-out scenes: a cheap
     progress signal for the log (the real measure is the benchmark scorer on generated answers)."""
     model.eval()
     hits, totals = {}, {}
-    for pixels, ids, labels, _, types in batches:
-        *_, logits, target = forward_answers(model, pixels, ids, labels)
-        correct = logits.argmax(-1) == target  # every answer token of the batch, sample after sample
+    for pixels, ids, labels, segments, _, types, _ in batches:
+        out = forward_answers(model, pixels, ids, labels, segments, layers)
+        correct = out.logits.argmax(-1) == out.targets  # every answer token of the batch, sample after sample
         # answers are runs of labelled positions; their first tokens come in conversation order
         firsts = []
         for lab in labels:
@@ -217,6 +306,20 @@ def validate(model: LlavaLlamaForCausalLM, batches) -> str:
     model.train()
     overall = 100 * sum(hits.values()) / sum(totals.values())
     return f"val {overall:.1f} " + " ".join(f"{t}={100 * hits[t] / totals[t]:.0f}" for t in sorted(totals))
+
+
+@torch.no_grad()
+def grow(layers: nn.ModuleList, trained: int) -> list[nn.Module]:
+    """Turn the `trained`-layer net into the full-depth one without changing what it computes (progressive
+    stacking): each new layer takes the last trained layer's norms, attention and MLP input weights but keeps its
+    zero output projections, so it starts as an identity whose attention already looks where a trained layer
+    looks, and learns from there."""
+    source = layers[trained - 1]
+    for layer in layers[trained:]:
+        for name, param in source.state_dict().items():
+            if not name.endswith(("o_proj.weight", "down_proj.weight")):
+                layer.state_dict()[name].copy_(param)
+    return list(layers)
 
 
 def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
@@ -247,10 +350,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intermediate", type=int, default=256)
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--rope-theta", type=float, default=1e6, help="slow rotary: narrow heads match by content")
     parser.add_argument("--vision-hidden", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch-loss-weight", type=float, default=1.0)
+    parser.add_argument("--ground-layer", type=int, default=2, help="layer whose first head is grounded (-1: off)")
+    parser.add_argument("--ground-weight", type=float, default=1.0)
     parser.add_argument("--align", type=int, default=1, help="1: align visual tokens with word embeddings")
+    parser.add_argument("--base-layers", type=int, default=4, help="train this many layers first (0: all)")
+    parser.add_argument("--grow-at", type=float, default=0.6, help="grow to --layers at this fraction of the run")
     parser.add_argument("--curriculum-steps", type=int, default=0, help="first steps on one-shape scenes")
     parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
     parser.add_argument("--eval-every", type=int, default=100, help="log held-out answer accuracy every N steps")
@@ -268,10 +376,13 @@ def main(argv: list[str] | None = None) -> None:
     processor = CLIPImagePreprocessor(size=336, crop_size=336)
     model, clip, _ = build_model(tokenizer, vocab_size, args, f"../{TOWER_DIR}")
     model.model.vision_tower.truncate_unused_layers()  # the last tower layer is never read (as in LLaVA)
+    base = args.base_layers or args.layers
     with torch.no_grad():
-        for layer in model.model.layers:  # small residual-branch outputs: a deep narrow net trains stably
-            layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
-            layer.mlp.down_proj.weight.mul_(1 / math.sqrt(2 * args.layers))
+        for i, layer in enumerate(model.model.layers):  # small residual outputs: a deep narrow net trains stably
+            scale = 1 / math.sqrt(2 * base) if i < base else 0.0  # layers past `base` start as identities
+            layer.self_attn.o_proj.weight.mul_(scale)
+            layer.mlp.down_proj.weight.mul_(scale)
+    active = list(model.model.layers[:base])
     patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
     words = patch_words(tokenizer) if args.align else None
     params = [p for p in model.parameters() if p.requires_grad] + list(patch_head.parameters())
@@ -293,9 +404,12 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         num_shapes = (1, 1) if step < args.curriculum_steps else (2, 4)  # warm-up: one shape, nothing to tell apart
-        pixels, ids, labels, patches, _ = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
-        answer_loss, patch_loss = loss_of(model, pixels, ids, labels, patches, patch_head, words)
-        loss = answer_loss + args.patch_loss_weight * patch_loss
+        if len(active) < args.layers and progress >= args.grow_at:
+            active = grow(model.model.layers, len(active))
+            log.write(f"step {step} grow: {args.base_layers} -> {len(active)} layers\n")
+        batch = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
+        answer_loss, patch_loss, ground_loss = loss_of(model, batch, patch_head, words, active, args.ground_layer)
+        loss = answer_loss + args.patch_loss_weight * patch_loss + args.ground_weight * ground_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -305,13 +419,13 @@ def main(argv: list[str] | None = None) -> None:
         if step % 20 == 0:
             line = (
                 f"step {step} t={elapsed:.0f}s lr={lr:.2e} answer_loss={answer_loss.item():.4f} "
-                f"smooth={smooth:.4f} patch_loss={patch_loss.item():.4f}"
+                f"smooth={smooth:.4f} patch_loss={patch_loss.item():.4f} ground_loss={ground_loss.item():.4f}"
             )
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
         if step % args.eval_every == 0:
-            line = f"step {step} {validate(model, val_batches)}"
+            line = f"step {step} {validate(model, val_batches, active)}"
             print(line, flush=True)
             log.write(line + "\n")
         if step % args.save_every == 0:
