@@ -126,6 +126,28 @@ def test_packed_questions_see_only_the_image_and_their_own_question(tmp_path):
             model, pixels, [torch.tensor(ids)], [torch.tensor(labels)], [torch.tensor(segments)]
         )
     packed, targets = out.logits, out.targets
+    # the pointing target of each answer token: the object words of its own question, nothing else
+    with torch.no_grad():
+        pointed = train_tiny.forward_answers(
+            model,
+            pixels,
+            [torch.tensor(ids)],
+            [torch.tensor(labels)],
+            [torch.tensor(segments)],
+            ground_layer=2,
+            keyword_ids=train_tiny.object_word_ids(tokenizer),
+        )
+    text_at = ids[: ids.index(-200)] + [-1] * 576 + ids[ids.index(-200) + 1 :]
+    answer_tokens = [(q, a) for q, a in qa for _ in tokenizer(a).input_ids]  # each answer's tokens and its </s>
+    for row, (question, _) in zip(pointed.keywords, answer_tokens, strict=True):
+        named = sorted(w for w in (*scenes.COLORS, *scenes.SHAPES) if w in question)
+        marked = row.nonzero()[:, 0].tolist()
+        spans = [[i] for i in marked[:1]]
+        for i in marked[1:]:
+            spans[-1].append(i) if i == spans[-1][-1] + 1 else spans.append([i])
+        words = sorted(" ".join(tokenizer.decode([text_at[i] for i in span]) for span in spans).split())
+        assert words == named
+    assert pointed.pointing.shape == pointed.keywords.shape and pointed.grounding.shape[1] == 576
     alone, alone_targets = [], []
     for question, answer in qa:
         one_ids, one_labels, _ = train_tiny.conversation(tokenizer, [(question, answer)])
@@ -182,7 +204,11 @@ def test_grounding_reads_the_attention_the_layer_computes():
     rotary = model.model.rotary_emb(hidden, positions)
     queries = (torch.tensor([0, 1, 1]), torch.tensor([25, 22, 29]))
     keys = slice(4, 20)
-    ours = train_tiny.head_attention(layer, hidden, rotary, queries, keys)
+    allowed = torch.zeros(3, 30, dtype=torch.bool)
+    allowed[:, keys] = True
+    ours = train_tiny.head_attention(layer, hidden, rotary, queries, allowed)
+    assert ours[:, :4].isneginf().all() and ours[:, 20:].isneginf().all()
+    ours = ours[:, keys]
     model.config.text_config._attn_implementation = "eager"
     with torch.no_grad():
         _, weights = layer.self_attn(layer.input_layernorm(hidden), position_embeddings=rotary, attention_mask=None)

@@ -4,14 +4,23 @@
 
 Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 14 (576 patch tokens + [CLS]; 3
 layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
-pruning layers 2, 6, 15 and v1.0's 19 exist) with its own small tokenizer. Everything is trained (tower included),
-on freshly drawn scenes, each a multi-turn conversation of up to `--turns` questions so that one pass over the 576
-image tokens teaches several answers, plus two auxiliary per-patch targets: a linear probe on the tower's features
-says what each patch shows (without it the from-scratch tower learned nothing useful for 500 steps), and each
-projected visual token is asked to score the words of what it shows highest among the LLM's word embeddings
-(`--align`, LLaVA's feature-alignment idea in miniature). `train_log.txt` gets the losses every 20 steps and the
-teacher-forced held-out accuracy per question type every `--eval-every` steps, after the command itself. The
-result is written in the original LLaVA on-disk format and loads with `load_pretrained_model` like any checkpoint.
+pruning layers 2, 6, 15 and v1.0's 19 exist; RoPE theta 1e6 so that 24-dim heads can match by content across the
+image) with its own small tokenizer. Everything is trained (tower included) on freshly drawn scenes. Per step:
+
+- all questions about an image ride in one sequence, each in its own attention block (`conversation`,
+  `segment_mask`): one pass over the 576 image tokens teaches every answer, and each answer sees exactly its
+  evaluation prompt;
+- the decoder starts with `--base-layers` (4) and grows to 20 at `--grow-at` of the run (`grow`), five times
+  cheaper per step while the model learns to look;
+- besides the answers, three auxiliary targets: a linear probe on the tower's features says what each patch shows,
+  each projected visual token scores the words of what it shows highest among the word embeddings (`--align`,
+  LLaVA's feature alignment in miniature), and one head of layer `--ground-layer` (2) attends, from each position
+  that predicts an answer token, to the patches that answer needs (`grounding_loss`). Without these a
+  from-scratch model did not learn to bind "the square" to its patches within the budget (see the issue notes).
+
+`train_log.txt` gets the losses every 20 steps and the teacher-forced held-out accuracy per question type every
+`--eval-every` steps, after the command itself. The result is written in the original LLaVA on-disk format and
+loads with `load_pretrained_model` like any checkpoint.
 """
 
 from __future__ import annotations
@@ -178,13 +187,23 @@ class Answers:
     logits: torch.Tensor  # [N, V] at every position that predicts an answer token
     targets: torch.Tensor  # [N] those tokens
     grounding: torch.Tensor | None  # [N, 576] log-attention of head 0 of `ground_layer` over the visual tokens
+    pointing: torch.Tensor | None  # [N, L] log-attention of head 0 of the layer before over the question's tokens
+    keywords: torch.Tensor | None  # [N, L] where the words naming the objects of each answer's question are
 
 
 def forward_answers(
-    model: LlavaLlamaForCausalLM, pixels, ids, labels, segments, layers=None, ground_layer: int | None = None
+    model: LlavaLlamaForCausalLM,
+    pixels,
+    ids,
+    labels,
+    segments,
+    layers=None,
+    ground_layer: int | None = None,
+    keyword_ids: list[list[int]] | None = None,
 ) -> Answers:
     """Run the decoder `layers` (default: all) under `segment_mask`; with `ground_layer`, also where that layer's
-    first head looks among the visual tokens from each position that predicts an answer token."""
+    first head looks among the visual tokens from each position that predicts an answer token, and where the
+    previous layer's first head looks among the tokens of its own question (`keyword_ids`: the object words)."""
     tower = model.model.vision_tower
     visual = tower.feature_select(tower.encoder_hidden_states(pixels))
     features = model.model.mm_projector(visual)
@@ -204,19 +223,34 @@ def forward_answers(
     text_model = model.model
     rotary = text_model.rotary_emb(hidden, positions)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
-    grounding = None
+    grounding = pointing = keywords = None
+    image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+    seg = torch.stack([nn.functional.pad(s, (0, longest - len(s)), value=-1) for s in segs])
+    same_question = (seg[pos][:, None] == seg[pos[0]]) & (torch.arange(longest) <= pos[1][:, None])  # [N, L]
+    if keyword_ids is not None:
+        marks = [keyword_marks(ids_b.tolist(), keyword_ids) for ids_b in ids]
+        marks = [
+            torch.cat([m[:image_start], torch.zeros(num_visual, dtype=torch.bool), m[image_start + 1 :]]) for m in marks
+        ]
+        marks = torch.stack([nn.functional.pad(m, (0, longest - len(m))) for m in marks])
+        keywords = (marks & (target == IGNORE_INDEX))[pos[0]] & same_question  # question words, not answers
+    on_image = torch.zeros(longest, dtype=torch.bool)
+    on_image[image_start : image_start + num_visual] = True
     for idx, layer in enumerate(text_model.layers if layers is None else layers):
+        if ground_layer is not None and idx == ground_layer - 1 and keyword_ids is not None:
+            pointing = head_attention(layer, hidden, rotary, pos, same_question)
         if idx == ground_layer:
-            image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-            grounding = head_attention(layer, hidden, rotary, pos, slice(image_start, image_start + num_visual))
+            grounding = head_attention(layer, hidden, rotary, pos, on_image.expand(len(pos[0]), -1))[:, on_image]
         hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
     hidden = text_model.norm(hidden)
-    return Answers(visual, features, model.lm_head(hidden[:, :-1][pos]), target[:, 1:][pos], grounding)
+    logits = model.lm_head(hidden[:, :-1][pos])
+    return Answers(visual, features, logits, target[:, 1:][pos], grounding, pointing, keywords)
 
 
-def head_attention(layer, hidden: torch.Tensor, rotary, queries, keys: slice) -> torch.Tensor:
-    """Log-softmax over `keys` of the first head's scores in `layer` (input `hidden` [B, L, D]) from the query
-    positions `queries` ((batch, position) index tensors), RoPE applied as the layer applies it."""
+def head_attention(layer, hidden: torch.Tensor, rotary, queries, allowed: torch.Tensor) -> torch.Tensor:
+    """[N, L] log-softmax over the `allowed` keys ([N, L] bool) of the first head's scores in `layer` (input
+    `hidden` [B, L, D]) from the query positions `queries` ((batch, position) index tensors), RoPE applied as the
+    layer applies it; -inf elsewhere."""
     from transformers.models.llama.modeling_llama import rotate_half
 
     attn = layer.self_attn
@@ -225,10 +259,10 @@ def head_attention(layer, hidden: torch.Tensor, rotary, queries, keys: slice) ->
     cos, sin = rotary  # [B, L, hd]
     q = attn.q_proj(x[batch_idx, query_idx])[:, : attn.head_dim]  # [N, hd]
     q = q * cos[batch_idx, query_idx] + rotate_half(q) * sin[batch_idx, query_idx]
-    k = attn.k_proj(x[:, keys])[..., : attn.head_dim]  # [B, K, hd]
-    k = k * cos[:, keys] + rotate_half(k) * sin[:, keys]
-    scores = (k[batch_idx] @ q[:, :, None])[..., 0] * attn.scaling  # [N, K]
-    return scores.float().log_softmax(-1)
+    k = attn.k_proj(x)[..., : attn.head_dim]  # [B, L, hd]
+    k = k * cos + rotate_half(k) * sin
+    scores = (k[batch_idx] @ q[:, :, None])[..., 0] * attn.scaling  # [N, L]
+    return scores.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)
 
 
 def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
@@ -238,6 +272,21 @@ def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch
         return log_attention.sum() * 0
     masked = log_attention[has].masked_fill(~evidence[has], float("-inf"))
     return -masked.logsumexp(-1).mean()
+
+
+def object_word_ids(tokenizer) -> list[list[int]]:
+    """Token ids of each colour and shape word as it appears inside a question."""
+    return [tokenizer(f"the {word}").input_ids[2:] for word in (*COLORS, *SHAPES)]
+
+
+def keyword_marks(ids: list[int], words: list[list[int]]) -> torch.Tensor:
+    """Bool per token of `ids`: part of one of the `words` (token-id sequences)."""
+    marks = torch.zeros(len(ids), dtype=torch.bool)
+    for word in words:
+        for start in range(len(ids) - len(word) + 1):
+            if ids[start : start + len(word)] == word:
+                marks[start : start + len(word)] = True
+    return marks
 
 
 def patch_words(tokenizer) -> torch.Tensor:
@@ -257,7 +306,13 @@ def patch_words(tokenizer) -> torch.Tensor:
 
 
 def loss_of(
-    model: LlavaLlamaForCausalLM, batch, patch_head, words=None, layers=None, ground_layer: int | None = None
+    model: LlavaLlamaForCausalLM,
+    batch,
+    patch_head,
+    words=None,
+    layers=None,
+    ground_layer: int | None = None,
+    keyword_ids: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(answer loss, patch loss, grounding loss). The answer loss is the mean cross-entropy of the answer tokens.
     The grounding loss (`grounding_loss`, with `ground_layer`) asks one head to look, from each position that
@@ -270,7 +325,7 @@ def loss_of(
     LLM's input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens
     of what it names start out alike."""
     pixels, ids, labels, segments, patches, _, evidence = batch
-    out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer)
+    out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer, keyword_ids)
     visual, features = out.visual, out.features
     patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
     if words is not None:
@@ -282,6 +337,8 @@ def loss_of(
                     scores.flatten(0, 1).float(), wanted[..., column].flatten(), ignore_index=IGNORE_INDEX
                 )
     grounding = torch.zeros(()) if out.grounding is None else grounding_loss(out.grounding, evidence)
+    if out.pointing is not None:
+        grounding = grounding + grounding_loss(out.pointing, out.keywords)
     return nn.functional.cross_entropy(out.logits.float(), out.targets), patch_loss, grounding
 
 
@@ -385,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     active = list(model.model.layers[:base])
     patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
     words = patch_words(tokenizer) if args.align else None
+    keyword_ids = object_word_ids(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad] + list(patch_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     log = (args.out / "train_log.txt").open("w")
@@ -408,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
             active = grow(model.model.layers, len(active))
             log.write(f"step {step} grow: {args.base_layers} -> {len(active)} layers\n")
         batch = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
-        answer_loss, patch_loss, ground_loss = loss_of(model, batch, patch_head, words, active, args.ground_layer)
+        answer_loss, patch_loss, ground_loss = loss_of(
+            model, batch, patch_head, words, active, args.ground_layer, keyword_ids
+        )
         loss = answer_loss + args.patch_loss_weight * patch_loss + args.ground_weight * ground_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
