@@ -1,6 +1,6 @@
 """Train the bundled tiny LLaVA from scratch on the synthetic benchmark, reproducibly from a seed.
 
-    python -m llava.train.train_tiny --out assets/tiny-llava --minutes 85 --seed 0
+    python -m llava.train.train_tiny --out assets/tiny-llava --minutes 65 --grow-at 0.7 --seed 0
 
 Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 14 (576 patch tokens + [CLS]; 3
 layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
@@ -15,7 +15,8 @@ image) with its own small tokenizer. Everything is trained (tower included) on f
 - besides the answers, three auxiliary targets: a linear probe on the tower's features says what each patch shows,
   each projected visual token scores the words of what it shows highest among the word embeddings (`--align`,
   LLaVA's feature alignment in miniature), and one head of layer `--ground-layer` (2) attends, from each position
-  that predicts an answer token, to the patches that answer needs (`grounding_loss`). Without these a
+  that predicts an answer token, to the patches that answer needs, and one head of the layer before to the
+  words of its question that name those objects (`grounding_loss`). Without these a
   from-scratch model did not learn to bind "the square" to its patches within the budget (see the issue notes).
 
 `train_log.txt` gets the losses every 20 steps and the teacher-forced held-out accuracy per question type every
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/tiny-llava"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=85.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=65.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--turns", type=int, default=7)
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ground-weight", type=float, default=1.0)
     parser.add_argument("--align", type=int, default=1, help="1: align visual tokens with word embeddings")
     parser.add_argument("--base-layers", type=int, default=4, help="train this many layers first (0: all)")
-    parser.add_argument("--grow-at", type=float, default=0.6, help="grow to --layers at this fraction of the run")
+    parser.add_argument("--grow-at", type=float, default=0.7, help="grow to --layers at this fraction of the run")
     parser.add_argument("--curriculum-steps", type=int, default=0, help="first steps on one-shape scenes")
     parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
     parser.add_argument("--eval-every", type=int, default=100, help="log held-out answer accuracy every N steps")
