@@ -1,7 +1,7 @@
 """Every pruning method at every budget on the bundled tiny LLaVA and the synthetic benchmark, in one table.
 
-    python -m llava.synthetic.compare                   # 240 held-out questions, 192 / 128 / 64 tokens (~6 min)
-    python -m llava.synthetic.compare --questions 1200  # the full held-out split (~30 min on 2 CPU cores)
+    python -m llava.synthetic.compare                   # 240 held-out questions, 192 / 128 / 64 tokens (~3.5 min)
+    python -m llava.synthetic.compare --questions 1200  # the full held-out split (about 5x as long)
     python -m llava.synthetic.compare --questions 1200 --methods none random-64   # the accuracy bar only
 
 Writes the held-out split (seed 1, never used in training) and the answers under `--out` (default

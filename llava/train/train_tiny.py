@@ -151,9 +151,10 @@ def make_batch(rng: random.Random, tokenizer, processor, batch: int, turns: int,
         labels.append(torch.tensor(l_))
         segments.append(torch.tensor(s_))
         types.append([t for t, _, _ in qa])
-        for _, question, answer in qa:
+        learned = [seg for seg, label in zip(s_, l_, strict=True) if label != IGNORE_INDEX]
+        for q_index, (_, question, _) in enumerate(qa):
             needs = evidence_patches(scene, question, scene_labels)
-            for j in range(len(tokenizer(answer).input_ids)):  # the answer's tokens and its </s>
+            for j in range(learned.count(q_index + 1)):  # the answer's tokens and its </s>
                 row = torch.zeros(len(scene_labels), dtype=torch.bool)
                 row[needs[j] if j < len(needs) else []] = True
                 evidence.append(row)
@@ -209,31 +210,35 @@ def forward_answers(
     visual = tower.feature_select(tower.encoder_hidden_states(pixels))
     features = model.model.mm_projector(visual)
     num_visual = features.shape[1]
-    embeds, targets, segs = [], [], []
-    for b, (ids_b, lab, seg) in enumerate(zip(ids, labels, segments, strict=True)):
-        k = int((ids_b == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-        text = model.model.embed_tokens(torch.cat([ids_b[:k], ids_b[k + 1 :]]))
-        embeds.append(torch.cat([text[:k], features[b], text[k:]]))
-        targets.append(torch.cat([lab[:k], torch.full((num_visual,), IGNORE_INDEX), lab[k + 1 :]]))
-        segs.append(torch.cat([seg[:k], torch.zeros(num_visual, dtype=torch.long), seg[k + 1 :]]))
+    image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])  # the same in every sample (shared prefix)
+
+    def splice(per_token: torch.Tensor, image_fill) -> torch.Tensor:
+        """A per-token-id tensor with the image token replaced by `num_visual` entries of `image_fill`."""
+        image = torch.full((num_visual, *per_token.shape[1:]), image_fill, dtype=per_token.dtype)
+        return torch.cat([per_token[:image_start], image, per_token[image_start + 1 :]])
+
+    embeds = []
+    for b, ids_b in enumerate(ids):
+        text = model.model.embed_tokens(torch.cat([ids_b[:image_start], ids_b[image_start + 1 :]]))
+        embeds.append(torch.cat([text[:image_start], features[b], text[image_start:]]))
     longest = max(len(e) for e in embeds)
+
+    def pad_stack(seqs: list[torch.Tensor], value) -> torch.Tensor:
+        return torch.stack([nn.functional.pad(t, (0, longest - len(t)), value=value) for t in seqs])
+
     hidden = torch.stack([nn.functional.pad(e, (0, 0, 0, longest - len(e))) for e in embeds])
-    target = torch.stack([nn.functional.pad(t, (0, longest - len(t)), value=IGNORE_INDEX) for t in targets])
-    positions = torch.stack([nn.functional.pad(segment_positions(s), (0, longest - len(s))) for s in segs])
-    mask = segment_mask(torch.stack([nn.functional.pad(s, (0, longest - len(s)), value=-1) for s in segs]))
+    target = pad_stack([splice(lab, IGNORE_INDEX) for lab in labels], IGNORE_INDEX)
+    segs = [splice(s, 0) for s in segments]  # the image belongs to the shared segment 0
+    seg = pad_stack(segs, -1)
+    positions = pad_stack([segment_positions(s) for s in segs], 0)
+    mask = segment_mask(seg)
     text_model = model.model
     rotary = text_model.rotary_emb(hidden, positions)
     pos = (target[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # only positions that predict an answer token
     grounding = pointing = keywords = None
-    image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-    seg = torch.stack([nn.functional.pad(s, (0, longest - len(s)), value=-1) for s in segs])
     same_question = (seg[pos][:, None] == seg[pos[0]]) & (torch.arange(longest) <= pos[1][:, None])  # [N, L]
     if keyword_ids is not None:
-        marks = [keyword_marks(ids_b.tolist(), keyword_ids) for ids_b in ids]
-        marks = [
-            torch.cat([m[:image_start], torch.zeros(num_visual, dtype=torch.bool), m[image_start + 1 :]]) for m in marks
-        ]
-        marks = torch.stack([nn.functional.pad(m, (0, longest - len(m))) for m in marks])
+        marks = pad_stack([splice(keyword_marks(ids_b.tolist(), keyword_ids), False) for ids_b in ids], False)
         keywords = (marks & (target == IGNORE_INDEX))[pos[0]] & same_question  # question words, not answers
     on_image = torch.zeros(longest, dtype=torch.bool)
     on_image[image_start : image_start + num_visual] = True
