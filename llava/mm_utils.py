@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.model.anyres import anyres_views
 
 
 def image_token(mm_use_im_start_end: bool) -> str:
@@ -58,12 +59,30 @@ def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Imag
     return result
 
 
-def process_images(images: list[Image.Image], image_processor, model_cfg) -> torch.Tensor:
-    """Images -> pixel tensor [N, 3, H, W]. `image_aspect_ratio == "pad"` squares each image on the processor's
-    mean colour first (LLaVA-1.5); anything else resizes and centre-crops."""
+def process_anyres_image(image: Image.Image, image_processor, grid_pinpoints, rule: str = "llava") -> torch.Tensor:
+    """One image -> its anyres views [1 + N, 3, H, W]: the base view, then the crops (`llava.model.anyres`)."""
+    views = anyres_views(
+        image,
+        grid_pinpoints,
+        view_size=image_processor.crop_size["height"],
+        base_size=image_processor.size["shortest_edge"],
+        rule=rule,
+    )
+    return image_processor.preprocess(views, return_tensors="pt")["pixel_values"]
+
+
+def process_images(images: list[Image.Image], image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
+    """Images -> pixels, as LLaVA's `process_images`. `image_aspect_ratio == "pad"` squares each image on the
+    processor's mean colour first (LLaVA-1.5) and "anyres" cuts each into views (LLaVA-NeXT: [N, 1 + crops, 3, H,
+    W] when every image has as many views, else a list of [1 + crops, 3, H, W]); anything else resizes and
+    centre-crops ([N, 3, H, W])."""
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
     if aspect == "anyres":
-        raise NotImplementedError("image_aspect_ratio 'anyres' (LLaVA-1.6) preprocessing is not implemented yet")
+        rule = getattr(model_cfg, "grid_rule", "llava")
+        views = [process_anyres_image(image, image_processor, model_cfg.image_grid_pinpoints, rule) for image in images]
+        if all(v.shape == views[0].shape for v in views):
+            return torch.stack(views)
+        return views
     if aspect == "pad":
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         images = [expand2square(image, background) for image in images]
@@ -90,6 +109,13 @@ def load_image(image_file: str | os.PathLike, timeout: float = 10.0) -> Image.Im
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
     return Image.open(path).convert("RGB")
+
+
+def to_device(pixels: torch.Tensor | list[torch.Tensor], device, dtype) -> torch.Tensor | list[torch.Tensor]:
+    """`process_images` output moved to the model's device and dtype (a list stays a list)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels.to(device, dtype)
+    return [p.to(device, dtype) for p in pixels]
 
 
 def get_model_name_from_path(model_path: str) -> str:

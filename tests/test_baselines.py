@@ -50,7 +50,7 @@ def test_fastervlm_keeps_the_top_cls_attention_patches_of_an_eager_clip_run(load
     # only the kept patches are projected, in raster order
     model.set_pruning(FasterVLM(k))
     try:
-        projected = model.encode_images(px)
+        projected = torch.stack([image.features for image in model.encode_images(px)])
     finally:
         model.set_pruning(None)
     full = model.model.mm_projector(features)
@@ -91,7 +91,7 @@ def test_fastv_decode_steps_match_a_cache_free_forward_over_the_kept_tokens(load
     class Replay(FastV):  # the same tokens, whatever the (growing) prompt's last token prefers
         def plan(self, layouts, m, inputs):
             plan = FastVPlan(self, layouts, m, inputs)
-            plan.select = lambda scores, count: kept
+            plan.top_tokens = lambda b, scores, count: kept
             return plan
 
     model.set_pruning(Replay(k=2, retained_tokens=100))

@@ -23,7 +23,7 @@ from PIL import Image
 
 from llava.conversation import get_conv_template
 from llava.eval.answer_files import AnswerWriter, iter_jsonl
-from llava.mm_utils import get_model_name_from_path, image_token, process_images, tokenizer_image_token
+from llava.mm_utils import get_model_name_from_path, image_token, process_images, to_device, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
 
 
@@ -112,7 +112,9 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
         return Path(args.answers_file)
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
     model_id = get_model_name_from_path(args.model_path)
-    mode = args.image_mode or ("pad" if getattr(model.config, "image_aspect_ratio", None) == "pad" else "crop")
+    mode = args.image_mode or (
+        model.config.image_aspect_ratio if model.config.image_aspect_ratio in ("pad", "anyres") else "crop"
+    )
     method = model.pruning.describe()
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     from tqdm import tqdm
@@ -172,13 +174,15 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             conv.append_message(conv.roles[0], text)
             conv.append_message(conv.roles[1], None)
             prompts.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt"))
-        pixels = None
-        if group_images:  # "pad" squares each image first, "crop" only resizes and crops (process_images' rule)
-            mode_cfg = argparse.Namespace(image_aspect_ratio=mode)
-            pixels = process_images(group_images, image_processor, mode_cfg).to(model.device, model.dtype)
+        pixels, sizes = None, None
+        if group_images:  # "pad" squares each image first, "crop" only resizes and crops, "anyres" cuts views
+            mode_cfg = model.config if mode == "anyres" else argparse.Namespace(image_aspect_ratio=mode)
+            pixels = to_device(process_images(group_images, image_processor, mode_cfg), model.device, model.dtype)
+            sizes = [image.size for image in group_images]
         output = model.generate(
             prompts,
             images=pixels,
+            image_sizes=sizes,
             do_sample=args.temperature > 0,
             temperature=args.temperature,
             top_p=args.top_p,

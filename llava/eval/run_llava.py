@@ -10,8 +10,15 @@ import sys
 import torch
 
 from llava.constants import IMAGE_PLACEHOLDER
-from llava.conversation import get_conv_template
-from llava.mm_utils import image_token, load_image, process_images, tokenizer_image_token
+from llava.conversation import get_conv_template, resolve_conv_mode
+from llava.mm_utils import (
+    get_model_name_from_path,
+    image_token,
+    load_image,
+    process_images,
+    to_device,
+    tokenizer_image_token,
+)
 from llava.model_args import add_model_args, load_from_args
 
 
@@ -30,9 +37,10 @@ def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
 
 def eval_model(args: argparse.Namespace, loaded=None) -> str:
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
-    prompt = build_prompt(args.query, args.conv_mode, model.config.mm_use_im_start_end)
+    conv_mode = resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path))
+    prompt = build_prompt(args.query, conv_mode, model.config.mm_use_im_start_end)
     images = [load_image(f) for f in args.image_file.split(args.sep)]
-    pixels = process_images(images, image_processor, model.config).to(model.device, dtype=model.dtype)
+    pixels = to_device(process_images(images, image_processor, model.config), model.device, model.dtype)
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     output_ids = model.generate(
@@ -56,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--image-file", type=str, required=True, help="path or http(s) URL; several joined by --sep")
     parser.add_argument("--query", type=str, required=True)
-    parser.add_argument("--conv-mode", type=str, default="llava_v1")
+    parser.add_argument(
+        "--conv-mode", type=str, default=None, help="default: inferred from the checkpoint name (conv_mode_for_model)"
+    )
     parser.add_argument("--sep", type=str, default=",")
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--top_p", type=float, default=None)

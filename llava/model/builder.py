@@ -15,11 +15,12 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import CLIPVisionConfig
 
 from llava.model.checkpoint import iter_tensors, split_key, weight_files
 from llava.model.config import HF_FORMAT, LlavaConfig
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.clip_encoder import CLIP_L_336_CONFIG, CLIP_L_336_NAME, CLIPVisionTower
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -227,27 +228,12 @@ def load_pretrained_model(
     tower_state = _assign_weights(model, config, files, model_dtype, target)
     model.model.reset_rotary(config, target)
 
-    tower_dir = None
     if config.checkpoint_format == HF_FORMAT:
-        from transformers import CLIPVisionModel
-
-        clip = CLIPVisionModel(config.vision_config).to(dtype=tower_dtype)
-        missing = set(clip.state_dict()) - set(tower_state)
-        if missing:
-            raise ValueError(f"The llava-hf checkpoint in {model_dir} lacks vision tower weights, e.g. {min(missing)}")
-        clip.load_state_dict(tower_state, strict=True)
-        clip = clip.to(target).eval()
+        clip = _clip_from_state(config.vision_config, tower_state, model_dir)
         image_processor = CLIPImagePreprocessor.from_pretrained(model_dir)
     else:
-        name = vision_tower or config.mm_vision_tower
-        source = "vision_tower argument" if vision_tower else f"mm_vision_tower in {model_dir / 'config.json'}"
-        if not name:
-            raise VisionTowerNotFoundError(f"No vision tower: config.json has no mm_vision_tower ({model_dir})")
-        tower_dir = locate_vision_tower(name, source, model_dir)
-        clip = _load_clip(tower_dir, tower_dtype, target).eval()
-        if tower_state and config.unfreeze_mm_vision_tower:  # LLaVA-1.6: the fine-tuned tower is in the checkpoint
-            clip.load_state_dict({k: v.to(tower_dtype) for k, v in tower_state.items()}, strict=False)
-        image_processor = CLIPImagePreprocessor.from_pretrained(tower_dir)
+        clip, image_processor = _original_tower(config, model_dir, vision_tower, tower_state, tower_dtype)
+    clip = clip.to(device=target, dtype=tower_dtype).eval()
     tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
     tower.truncate_unused_layers()
     tower.requires_grad_(False)
@@ -262,6 +248,59 @@ def load_pretrained_model(
     model.set_pruning(pruning)
     context_len = config.max_sequence_length or 2048
     return tokenizer, model, image_processor, context_len
+
+
+def _original_tower(config: LlavaConfig, model_dir: Path, override: str | None, tower_state: dict, dtype):
+    """The CLIP tower of an original-format checkpoint and its image processor.
+
+    LLaVA-1.5 checkpoints do not contain the tower: it is loaded from `mm_vision_tower` (a folder or Hub id).
+    LLaVA-NeXT checkpoints carry their fine-tuned tower (`unfreeze_mm_vision_tower`): only its config and
+    preprocessing settings come from `mm_vision_tower`, and when that is openai's CLIP-L/336 and not available
+    here, its published config is used, so the checkpoint folder alone suffices."""
+    name = override or config.mm_vision_tower
+    source = "vision_tower argument" if override else f"mm_vision_tower in {model_dir / 'config.json'}"
+    if not name:
+        raise VisionTowerNotFoundError(f"No vision tower: config.json has no mm_vision_tower ({model_dir})")
+    in_checkpoint = bool(tower_state) and config.unfreeze_mm_vision_tower
+    try:
+        tower_dir = locate_vision_tower(name, source, model_dir)
+    except VisionTowerNotFoundError:
+        if not (in_checkpoint and name == CLIP_L_336_NAME):
+            raise
+        logger.info("Using the published %s config; the tower weights come from the checkpoint", name)
+        return _clip_from_state(CLIP_L_336_CONFIG, tower_state, model_dir), CLIPImagePreprocessor()
+    processor = CLIPImagePreprocessor.from_pretrained(tower_dir)
+    if in_checkpoint:
+        return _clip_from_state(CLIPVisionConfig.from_pretrained(str(tower_dir)), tower_state, model_dir), processor
+    return _load_clip(tower_dir, dtype, torch.device("cpu")), processor
+
+
+def _clip_from_state(vision_config, tower_state: dict, model_dir: Path):
+    """A CLIPVisionModel built from `vision_config` holding the checkpoint's tower weights, or a clear error when
+    the checkpoint's tower is missing or does not fit the config."""
+    from transformers import CLIPVisionModel
+
+    with torch.device("meta"):
+        clip = CLIPVisionModel(vision_config)
+    state = {k: v for k, v in tower_state.items() if not k.endswith("position_ids")}
+    expected = {k: v.shape for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"The checkpoint in {model_dir} lacks vision tower weights, e.g. {missing[0]}")
+    wrong = [(k, tuple(state[k].shape), tuple(shape)) for k, shape in expected.items() if state[k].shape != shape]
+    unexpected = sorted(set(state) - set(expected))
+    if wrong or unexpected:
+        detail = f"{wrong[0][0]} is {wrong[0][1]}, the config says {wrong[0][2]}" if wrong else unexpected[0]
+        raise ValueError(
+            f"The vision tower stored in {model_dir} does not match its config ({detail}); the tower config "
+            "(mm_vision_tower / vision_config) belongs to another CLIP"
+        )
+    clip.load_state_dict(state, strict=False, assign=True)
+    for name, buffer in list(clip.named_buffers()):  # the only buffers: position ids 0..P-1, not stored
+        module_name, _, attr = name.rpartition(".")
+        ids = torch.arange(buffer.shape[-1]).expand(buffer.shape)
+        clip.get_submodule(module_name).register_buffer(attr, ids, persistent=False)
+    return clip
 
 
 def _assign_weights(

@@ -67,6 +67,7 @@ _HF_RULES = [
     (re.compile(r"^(?:language_model\.)?lm_head\."), "lm_head."),
     (re.compile(r"^(?:model\.)?multi_modal_projector\.linear_1\."), "model.mm_projector.0."),
     (re.compile(r"^(?:model\.)?multi_modal_projector\.linear_2\."), "model.mm_projector.2."),
+    (re.compile(r"^(?:model\.)?image_newline$"), "model.image_newline"),
 ]
 _HF_TOWER = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
 

@@ -13,11 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import CLIPVisionConfig, LlamaConfig
+from transformers import CLIPVisionConfig, LlamaConfig, MistralConfig
 
 CONFIG_FILE = "config.json"
 ORIGINAL_FORMAT = "original"
 HF_FORMAT = "llava-hf"
+
+# model_type values this package loads: original LLaVA (1.5 and 1.6 share "llava"; 1.6-Mistral says
+# "llava_mistral") and transformers' llava-hf classes.
+ORIGINAL_MODEL_TYPES = ("llava", "llava_llama", "llava_mistral")
+HF_MODEL_TYPES = ("llava", "llava_next")
+# Decoder families by the text model_type: both run transformers' own layers (`llava.model.language_model.family`).
+TEXT_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig}
+DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 # Fields of the original config.json that describe the Llama decoder.
 _LLAMA_FIELDS = (
@@ -42,6 +50,7 @@ _LLAMA_FIELDS = (
     "pad_token_id",
     "pretraining_tp",
     "initializer_range",
+    "sliding_window",
 )
 
 
@@ -53,7 +62,7 @@ class CheckpointConfigError(ValueError):
 class LlavaConfig:
     """Everything the model needs to know about a checkpoint; attribute names follow LLaVA's config."""
 
-    text_config: LlamaConfig
+    text_config: LlamaConfig | MistralConfig
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14-336"
     mm_hidden_size: int = 1024
     mm_projector_type: str = "mlp2x_gelu"
@@ -69,6 +78,11 @@ class LlavaConfig:
     max_sequence_length: int | None = None
     unfreeze_mm_vision_tower: bool = False
     checkpoint_format: str = ORIGINAL_FORMAT
+    # anyres (LLaVA-NeXT): which rule set picks the crop grid and unpads ("llava", "hf", "fastervlm"; see
+    # llava.model.anyres). A pruning method may ask for its reference's grid rule and merge (`set_pruning`).
+    anyres_rule: str = "llava"
+    pruning_grid_rule: str | None = None
+    pruning_merge_type: str | None = None
     # llava-hf only: the tower's config (it lives in the checkpoint) and the id of its image placeholder token.
     vision_config: CLIPVisionConfig | None = None
     image_token_index: int | None = None
@@ -85,6 +99,30 @@ class LlavaConfig:
     @property
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
+
+    @property
+    def text_family(self) -> str:
+        """The decoder family: "llama" or "mistral" (GQA Llama with an optional sliding window)."""
+        return self.text_config.model_type
+
+    @property
+    def is_anyres(self) -> bool:
+        return self.image_aspect_ratio == "anyres"
+
+    @property
+    def grid_rule(self) -> str:
+        """The anyres grid-selection rule in force: the pruning method's reference rule, else `anyres_rule`."""
+        return self.pruning_grid_rule or self.anyres_rule
+
+    @property
+    def merge_type(self) -> str:
+        """The feature merge in force: the pruning method's reference merge, else the checkpoint's."""
+        return self.pruning_merge_type or self.mm_patch_merge_type
+
+    @property
+    def has_image_newline(self) -> bool:
+        """Whether the checkpoint has an `image_newline` embedding (LLaVA: only `*unpad*` merges train one)."""
+        return "unpad" in self.mm_patch_merge_type
 
     @property
     def num_text_tokens(self) -> int:
@@ -107,20 +145,55 @@ class LlavaConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LlavaConfig:
+        model_type = raw.get("model_type")
         if "text_config" in raw and "vision_config" in raw:
-            return cls._from_hf(raw)
-        if "mm_vision_tower" in raw or "mm_hidden_size" in raw:
-            return cls._from_original(raw)
-        raise CheckpointConfigError(
-            f"{source} is neither an original LLaVA config (top-level `mm_vision_tower` / `mm_hidden_size`) nor a "
-            f"llava-hf config (`text_config` + `vision_config`); model_type={raw.get('model_type')!r}. "
-            "Point --model-path at a LLaVA-1.5 checkpoint folder."
-        )
+            if model_type not in HF_MODEL_TYPES:
+                raise _unsupported(model_type, source)
+            config = cls._from_hf(raw)
+        elif "mm_vision_tower" in raw or "mm_hidden_size" in raw:
+            if model_type not in ORIGINAL_MODEL_TYPES and model_type is not None:
+                raise _unsupported(model_type, source)
+            config = cls._from_original(raw)
+        elif model_type is not None:
+            raise _unsupported(model_type, source)
+        else:
+            raise CheckpointConfigError(
+                f"{source} is neither an original LLaVA config (top-level `mm_vision_tower` / `mm_hidden_size`) nor a "
+                "llava-hf config (`text_config` + `vision_config`) and names no model_type. Point --model-path at a "
+                "LLaVA-1.5 or LLaVA-NeXT checkpoint folder."
+            )
+        config._check_anyres(source)
+        return config
+
+    def _check_anyres(self, source: str) -> None:
+        if self.image_aspect_ratio != "anyres":
+            return
+        if not self.image_grid_pinpoints:
+            raise CheckpointConfigError(
+                f"{source} asks for image_aspect_ratio 'anyres' but has no image_grid_pinpoints; LLaVA-NeXT "
+                f"checkpoints list them (LLaVA-1.6: {DEFAULT_PINPOINTS}). Add the list to config.json."
+            )
+        from llava.model.anyres import MERGE_TYPES, parse_pinpoints
+
+        try:
+            parse_pinpoints(self.image_grid_pinpoints)
+        except (ValueError, SyntaxError) as err:
+            raise CheckpointConfigError(f"{source}: unreadable image_grid_pinpoints ({err})") from None
+        if self.mm_patch_merge_type not in MERGE_TYPES:
+            raise CheckpointConfigError(
+                f"{source}: mm_patch_merge_type {self.mm_patch_merge_type!r} is not one of {MERGE_TYPES}"
+            )
 
     @classmethod
     def _from_original(cls, raw: dict[str, Any]) -> LlavaConfig:
         # `rope_scaling: null` (LLaVA-1.5) means plain RoPE; passing it would trip a deprecation warning.
-        text = LlamaConfig(**{k: raw[k] for k in _LLAMA_FIELDS if k in raw and raw[k] is not None})
+        fields_present = {k: raw[k] for k in _LLAMA_FIELDS if k in raw and raw[k] is not None}
+        mistral = raw.get("model_type") == "llava_mistral" or "LlavaMistralForCausalLM" in raw.get("architectures", [])
+        if mistral:
+            text = MistralConfig(**fields_present)
+        else:
+            fields_present.pop("sliding_window", None)
+            text = LlamaConfig(**fields_present)
         fields = {f.name for f in dataclasses.fields(cls)}
         mm = {k: v for k, v in raw.items() if k in fields and k not in ("text_config", "vision_config", "raw")}
         for key in ("mm_patch_merge_type", "tokenizer_padding_side"):  # absent in 1.5 configs means the default
@@ -130,8 +203,18 @@ class LlavaConfig:
 
     @classmethod
     def _from_hf(cls, raw: dict[str, Any]) -> LlavaConfig:
+        text_type = raw["text_config"].get("model_type", "llama")
+        if text_type not in TEXT_CONFIGS:
+            raise CheckpointConfigError(
+                f"llava-hf text model_type {text_type!r} is not supported; known: {', '.join(TEXT_CONFIGS)}"
+            )
         text_raw = {k: v for k, v in raw["text_config"].items() if k != "model_type"}
-        text = LlamaConfig(**text_raw)
+        text = TEXT_CONFIGS[text_type](**text_raw)
+        vision_type = raw["vision_config"].get("model_type", "clip_vision_model")
+        if vision_type not in ("clip_vision_model", "clip"):
+            raise CheckpointConfigError(
+                f"llava-hf vision tower model_type {vision_type!r} is not supported; only CLIP towers are"
+            )
         vision_raw = {k: v for k, v in raw["vision_config"].items() if k != "model_type"}
         vision = CLIPVisionConfig(**vision_raw)
         act = raw.get("projector_hidden_act", "gelu")
@@ -141,6 +224,14 @@ class LlavaConfig:
         if not isinstance(layer, int):
             raise CheckpointConfigError(f"Unsupported vision_feature_layer {layer!r}: a single layer index is needed")
         strategy = raw.get("vision_feature_select_strategy", "default")
+        next_fields = {}
+        if raw.get("model_type") == "llava_next":
+            newline = raw.get("use_image_newline_parameter", True)
+            next_fields = dict(
+                image_aspect_ratio="anyres",
+                image_grid_pinpoints=raw.get("image_grid_pinpoints") or DEFAULT_PINPOINTS,
+                mm_patch_merge_type="spatial_unpad" if newline else "spatial",
+            )
         return cls(
             text_config=text,
             mm_vision_tower=None,
@@ -148,7 +239,7 @@ class LlavaConfig:
             mm_projector_type="mlp2x_gelu",
             mm_vision_select_layer=layer,
             mm_vision_select_feature="patch" if strategy == "default" else "cls_patch",
-            image_aspect_ratio="pad",
+            **({"image_aspect_ratio": "pad"} | next_fields),
             checkpoint_format=HF_FORMAT,
             vision_config=vision,
             image_token_index=raw.get("image_token_index", raw.get("image_token_id")),
@@ -158,9 +249,10 @@ class LlavaConfig:
     def to_original_dict(self) -> dict[str, Any]:
         """config.json of the original LLaVA format (used to write checkpoints)."""
         text = self.text_config
+        mistral = self.text_family == "mistral"
         out = {
-            "architectures": ["LlavaLlamaForCausalLM"],
-            "model_type": "llava",
+            "architectures": ["LlavaMistralForCausalLM" if mistral else "LlavaLlamaForCausalLM"],
+            "model_type": "llava_mistral" if mistral else "llava",
             "hidden_size": text.hidden_size,
             "intermediate_size": text.intermediate_size,
             "num_hidden_layers": text.num_hidden_layers,
@@ -180,10 +272,21 @@ class LlavaConfig:
             "torch_dtype": "float16",
             "use_cache": True,
         }
+        if mistral:
+            out["sliding_window"] = text.sliding_window
         for f in dataclasses.fields(self):
-            if f.name.startswith(("mm_", "image_aspect", "unfreeze")):
+            if f.name.startswith(("mm_", "image_aspect", "image_grid", "unfreeze")):
                 out[f.name] = getattr(self, f.name)
         out["use_mm_proj"] = True
         out["freeze_mm_mlp_adapter"] = False
         out["tune_mm_mlp_adapter"] = False
         return out
+
+
+def _unsupported(model_type, source: str) -> CheckpointConfigError:
+    return CheckpointConfigError(
+        f"{source}: model_type {model_type!r} is not supported. This package loads LLaVA-1.5 and LLaVA-NeXT "
+        f"checkpoints: original format (model_type {' / '.join(ORIGINAL_MODEL_TYPES)}) or llava-hf "
+        f"(LlavaForConditionalGeneration / LlavaNextForConditionalGeneration, model_type "
+        f"{' / '.join(HF_MODEL_TYPES)})."
+    )

@@ -1,7 +1,9 @@
-"""Vision tower -> projector -> splice into the text embeddings at the `IMAGE_TOKEN_INDEX` placeholders.
+"""Vision tower -> merge of each image's views -> projector -> splice into the text embeddings at the
+`IMAGE_TOKEN_INDEX` placeholders.
 
 The result is left-padded (so a batch can be generated from its last column) and records where each image's
-tokens sit, which is what pre-LLM and in-LLM visual-token pruning needs.
+tokens sit and where each visual token came from (view, patch, or newline), which is what pre-LLM and in-LLM
+visual-token pruning, the accounting and pictures of kept tokens need.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.anyres import MergeLayout, grid_shape, merge_layout, single_view_layout
 
 
 @dataclasses.dataclass
@@ -23,25 +26,108 @@ class MultimodalInputs:
     image_spans: list[list[tuple[int, int]]]  # per sample: (start, length) of each image in padded coordinates
     lengths: list[int]  # per sample: real (unpadded) length
     has_padding: bool
-    num_encoded: list[int] | None = None  # per sample: visual tokens out of the tower, before pre-LLM pruning
+    image_indices: list[list[int]] = dataclasses.field(default_factory=list)  # per sample: images it holds
+    images: list[EncodedImage] | None = None  # every encoded image, in the order they were consumed
+
+    @property
+    def num_encoded(self) -> list[int] | None:
+        """Per sample: visual tokens of its merged block before pre-LLM pruning."""
+        if self.images is None:
+            return None
+        return [sum(self.images[i].num_encoded for i in indices) for indices in self.image_indices]
 
 
-def encode_images(vision_tower, projector, images: torch.Tensor, pruning=None) -> torch.Tensor:
-    """[N, 3, H, W] pixels -> [N, P, D] projected features, in the projector's dtype.
+@dataclasses.dataclass
+class EncodedImage:
+    """One image's visual block as it enters the LLM: features, where each token came from, and how many tokens
+    the merge produced before any pre-LLM pruning."""
 
-    A pre-LLM pruning method (`pruning.select_before_llm`) picks the patches to keep first, so only those are
-    projected; their raster order is kept."""
+    features: torch.Tensor  # [T, D]
+    tokens: MergeLayout
+    num_encoded: int
+
+
+def as_views(images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """LLaVA's image argument as one [views, 3, H, W] tensor per image: a 4-D tensor is one view per image
+    (LLaVA-1.5), a 5-D tensor or a list of 4-D tensors holds each image's anyres views, a list of 3-D tensors one
+    view per image."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 4:
+            return list(images[:, None])
+        if images.dim() == 5:
+            return list(images)
+        raise ValueError(f"images must be [N, 3, H, W] or [N, views, 3, H, W], got shape {tuple(images.shape)}")
+    return [image[None] if image.dim() == 3 else image for image in images]
+
+
+def image_layout(config, num_views: int, side: int, view_size: int, image_size) -> MergeLayout:
+    """The merged block of one image under the model's merge type and anyres rules."""
+    if num_views == 1:
+        return single_view_layout(side, newline=config.merge_type == "spatial_unpad" and config.has_image_newline)
+    if not config.is_anyres:
+        raise ValueError(
+            f"An image came with {num_views} views, but the checkpoint's image_aspect_ratio is "
+            f"{config.image_aspect_ratio!r}; only anyres (LLaVA-NeXT) checkpoints take several views per image"
+        )
+    if config.merge_type == "flat":
+        return merge_layout(num_views, side, "flat")
+    if image_size is None:
+        raise ValueError(
+            "LLaVA-NeXT images need their sizes: pass image_sizes=[image.size for image in images] (width, height) "
+            "to generate / forward, as LLaVA's scripts do"
+        )
+    width, height = (int(x) for x in image_size)
+    grid = grid_shape((width, height), config.image_grid_pinpoints, view_size, config.grid_rule)
+    return merge_layout(num_views, side, config.merge_type, grid, (width, height), config.anyres_rule)
+
+
+def encode_images(model, images, image_sizes=None, pruning=None) -> list[EncodedImage]:
+    """Pixels of every view of every image -> per image, the merged, projected visual block.
+
+    The tower runs once over all views. A pre-LLM pruning method (`pruning.select_tokens`) picks which tokens of
+    each merged block to keep first, so only those are projected; the merge order is kept. Newline tokens are
+    the checkpoint's `image_newline` embedding."""
+    tower, projector = model.model.vision_tower, model.model.mm_projector
+    views = as_views(images)
+    if image_sizes is not None and len(image_sizes) != len(views):
+        raise ValueError(f"{len(views)} images but {len(image_sizes)} image_sizes; give one (width, height) per image")
+    pixels = torch.cat(views)
     if pruning is not None and pruning.needs_cls_attention:
-        features, cls_attention = vision_tower.forward_with_cls_attention(images)
+        features, cls_attention = tower.forward_with_cls_attention(pixels)
+        cls_per_image = cls_attention.split([len(v) for v in views])
     else:
-        features, cls_attention = vision_tower(images), None
-    keep = None if pruning is None else pruning.select_before_llm(features, cls_attention)
-    if keep is not None:
-        features = features.gather(1, keep[:, :, None].expand(-1, -1, features.shape[-1]))
+        features, cls_per_image = tower(pixels), [None] * len(views)
     weight = next(projector.parameters(), None)
+    side = tower.num_patches_per_side
+    layouts, selected = [], []
+    for i, (feats, cls_row) in enumerate(zip(features.split([len(v) for v in views]), cls_per_image, strict=True)):
+        full = image_layout(model.config, len(feats), side, tower.config.image_size, _size(image_sizes, i))
+        keep = None if pruning is None else pruning.select_tokens(full, feats, cls_row)
+        tokens = full if keep is None else full.select(keep)
+        layouts.append((tokens, len(full)))
+        source = tokens.source()
+        selected.append(feats.reshape(-1, feats.shape[-1])[source[source >= 0].to(feats.device)])
+    rows = torch.cat(selected)
     if weight is not None:
-        features = features.to(weight.dtype)
-    return projector(features)
+        rows = rows.to(weight.dtype)
+    projected = projector(rows).split([len(s) for s in selected])
+    out = []
+    for (tokens, num_encoded), block in zip(layouts, projected, strict=True):
+        newline = tokens.is_newline
+        if bool(newline.any()):
+            merged = block.new_empty((len(tokens), block.shape[-1]))
+            merged[~newline] = block
+            merged[newline] = model.model.image_newline.to(block.dtype)
+            block = merged
+        out.append(EncodedImage(block, tokens, num_encoded))
+    return out
+
+
+def _size(image_sizes, i: int):
+    if image_sizes is None:
+        return None
+    size = image_sizes[i]
+    return size.tolist() if isinstance(size, torch.Tensor) else size
 
 
 def splice_image_features(
@@ -67,12 +153,14 @@ def splice_image_features(
 
     sequences: list[torch.Tensor] = []
     spans: list[list[tuple[int, int]]] = []
+    indices: list[list[int]] = []
     image_idx = 0
     for ids in samples:
         where = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
         if not where:
             sequences.append(embed_tokens(ids))
             spans.append([])
+            indices.append([])
             image_idx += 1
             continue
         if image_features is None:
@@ -80,7 +168,7 @@ def splice_image_features(
         bounds = [-1] + where + [len(ids)]
         pieces = [ids[bounds[i] + 1 : bounds[i + 1]] for i in range(len(bounds) - 1)]
         text_embeds = embed_tokens(torch.cat(pieces)).split([len(p) for p in pieces])
-        parts, sample_spans, length = [], [], 0
+        parts, sample_spans, sample_images, length = [], [], [], 0
         for i, text in enumerate(text_embeds):
             parts.append(text)
             length += len(text)
@@ -88,12 +176,14 @@ def splice_image_features(
                 if image_idx >= len(image_features):
                     raise ValueError(f"The batch has more <image> placeholders than images ({len(image_features)})")
                 feature = image_features[image_idx].to(text.dtype)
+                sample_images.append(image_idx)
                 image_idx += 1
                 parts.append(feature)
                 sample_spans.append((length, len(feature)))
                 length += len(feature)
         sequences.append(torch.cat(parts))
         spans.append(sample_spans)
+        indices.append(sample_images)
 
     if max_length is not None:
         sequences = [seq[:max_length] for seq in sequences]
@@ -110,4 +200,5 @@ def splice_image_features(
         position_ids[b, pad:] = torch.arange(len(seq), device=first.device)
         spans[b] = [(start + pad, min(n, len(seq) - start)) for start, n in spans[b] if start < len(seq)]
     has_padding = any(len(seq) != longest for seq in sequences)
-    return MultimodalInputs(embeds, token_mask, position_ids, spans, [len(seq) for seq in sequences], has_padding)
+    lengths = [len(seq) for seq in sequences]
+    return MultimodalInputs(embeds, token_mask, position_ids, spans, lengths, has_padding, indices)

@@ -7,8 +7,15 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.conversation import get_conv_template
-from llava.mm_utils import image_token, load_image, process_images, tokenizer_image_token
+from llava.conversation import get_conv_template, resolve_conv_mode
+from llava.mm_utils import (
+    get_model_name_from_path,
+    image_token,
+    load_image,
+    process_images,
+    to_device,
+    tokenizer_image_token,
+)
 from llava.model_args import add_model_args, load_from_args
 
 
@@ -16,16 +23,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_model_args(parser)
     parser.add_argument("--image-file", type=str, required=True)
-    parser.add_argument("--conv-mode", type=str, default="llava_v1")
+    parser.add_argument(
+        "--conv-mode", type=str, default=None, help="default: inferred from the checkpoint name (conv_mode_for_model)"
+    )
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
     tokenizer, model, image_processor, _ = load_from_args(args)
-    conv = get_conv_template(args.conv_mode)
+    conv = get_conv_template(resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path)))
     image = load_image(args.image_file)
-    pixels = process_images([image], image_processor, model.config).to(model.device, dtype=model.dtype)
+    pixels = to_device(process_images([image], image_processor, model.config), model.device, model.dtype)
     token = image_token(model.config.mm_use_im_start_end)
     first = True
     while True:

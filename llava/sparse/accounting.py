@@ -37,6 +37,21 @@ class SampleAccount:
     method_ms: float | None = None  # the method's own steps inside the prefill (CPU host time; None on GPU)
     # indices (into the visual block entering that layer) of the visual tokens each pruning layer kept
     kept: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    # multi-view images (LLaVA-NeXT): tokens per view (0 = base) entering the LLM and reaching the last layer,
+    # newline tokens among the visual tokens at both points
+    views_into_llm: list[int] | None = None
+    views_final: list[int] | None = None
+    newlines_into_llm: int = 0
+    newlines_final: int = 0
+
+    def record_views(self, tokens, final: bool) -> None:
+        """Per-view and newline counts of a visual block's provenance (`llava.model.anyres.MergeLayout`)."""
+        if tokens.num_views < 2 and tokens.num_newlines == 0:
+            return
+        if final:
+            self.views_final, self.newlines_final = tokens.per_view_counts(), tokens.num_newlines
+        else:
+            self.views_into_llm, self.newlines_into_llm = tokens.per_view_counts(), tokens.num_newlines
 
     def equal_tokens(self, convention: str = "reference") -> float:
         counts = {"reference": self.visual_after_layer, "input": self.visual_into_layer}.get(convention)
@@ -63,6 +78,14 @@ class SampleAccount:
         return out
 
     def as_metadata(self) -> dict:
+        views = {}
+        if self.views_into_llm is not None:
+            views = {
+                "visual_tokens_per_view": self.views_into_llm,
+                "visual_tokens_per_view_final": self.views_final,
+                "newline_tokens": self.newlines_into_llm,
+                "newline_tokens_final": self.newlines_final,
+            }
         return {
             "visual_tokens_encoded": self.num_encoded if self.num_encoded is not None else self.num_visual,
             "visual_tokens": self.num_visual,
@@ -75,6 +98,7 @@ class SampleAccount:
             "method_ms": None if self.method_ms is None else round(self.method_ms, 3),
             "total_ms": None if self.total_ms is None else round(self.total_ms, 3),
             "kv_cache_mb": round(self.kv_cache_bytes / 2**20, 3),
+            **views,
         }
 
     def line(self, color: bool = False) -> str:
@@ -89,6 +113,11 @@ class SampleAccount:
             f"Prefill Time (ms): {ms(self.prefill_ms)}, Total Time (ms): {ms(self.total_ms)}, "
             f"KV Cache (MB): {self.kv_cache_bytes / 2**20:.2f}"
         )
+        if self.views_into_llm is not None:
+            text += (
+                f", Views: {'+'.join(map(str, self.views_into_llm))} -> {'+'.join(map(str, self.views_final))} "
+                f"(+{self.newlines_into_llm} -> +{self.newlines_final} newline)"
+            )
         return f"{GREEN}{text}{RESET}" if color else text
 
 

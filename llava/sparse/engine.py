@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from llava.model.anyres import MergeLayout
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.accounting import SampleAccount
 from llava.sparse.attention_rows import RowsRequest
@@ -24,11 +25,13 @@ from llava.sparse.attention_rows import RowsRequest
 
 @dataclasses.dataclass
 class VisualLayout:
-    """One sample's unpadded sequence: `prefix` tokens, then `visual` image tokens, then `suffix` text tokens."""
+    """One sample's unpadded sequence: `prefix` tokens, then `visual` image tokens, then `suffix` text tokens;
+    `tokens` says where each visual token came from (view and patch, newline, or merged by a method)."""
 
     prefix: int
     visual: int
     suffix: int
+    tokens: MergeLayout | None = None
 
     @property
     def length(self) -> int:
@@ -39,10 +42,14 @@ class VisualLayout:
         return padded_length - self.length + self.prefix
 
 
-def layouts_from_spans(image_spans: list[list[tuple[int, int]]], lengths: list[int], padded: int) -> list[VisualLayout]:
-    """Layouts from the splice's image spans; a sample must hold at most one image for in-LLM pruning."""
+def layouts_from_spans(
+    image_spans: list[list[tuple[int, int]]], lengths: list[int], padded: int, tokens: list | None = None
+) -> list[VisualLayout]:
+    """Layouts from the splice's image spans (and each sample's token provenance, if known); a sample must hold at
+    most one image for in-LLM pruning."""
     layouts = []
-    for spans, length in zip(image_spans, lengths, strict=True):
+    tokens = tokens or [None] * len(lengths)
+    for spans, length, provenance in zip(image_spans, lengths, tokens, strict=True):
         if len(spans) > 1:
             raise ValueError(
                 "Visual-token pruning handles one image per sample; this prompt holds "
@@ -53,8 +60,18 @@ def layouts_from_spans(image_spans: list[list[tuple[int, int]]], lengths: list[i
             continue
         start, count = spans[0]
         prefix = start - (padded - length)
-        layouts.append(VisualLayout(prefix, count, length - prefix - count))
+        if provenance is not None and len(provenance) != count:  # the prompt was truncated inside the image
+            provenance = provenance.select(slice(0, count))
+        layouts.append(VisualLayout(prefix, count, length - prefix - count, provenance))
     return layouts
+
+
+def inputs_layouts(inputs) -> list[VisualLayout]:
+    """The layouts of a spliced batch (`llava.model.llava_arch.MultimodalInputs`)."""
+    tokens = None
+    if inputs.images is not None:
+        tokens = [inputs.images[idx[0]].tokens if len(idx) == 1 else None for idx in inputs.image_indices]
+    return layouts_from_spans(inputs.image_spans, inputs.lengths, inputs.inputs_embeds.shape[1], tokens)
 
 
 class PrefillPlan:
@@ -74,8 +91,10 @@ class PrefillPlan:
         text_config,
         dtype: torch.dtype,
         num_encoded: list[int] | None = None,
+        prune_newlines: bool = False,
     ) -> None:
         self.layouts = layouts
+        self.prune_newlines = prune_newlines
         self.num_layers = num_layers
         self.num_heads = text_config.num_attention_heads
         self.head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // self.num_heads
@@ -90,6 +109,9 @@ class PrefillPlan:
             )
             for b, layout in enumerate(layouts)
         ]
+        for account, layout in zip(self.accounts, layouts, strict=True):
+            if layout.tokens is not None:
+                account.record_views(layout.tokens, final=False)
 
     # -- hooks the decoder loop calls ------------------------------------------------------------------------------
     def enter_layer(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
@@ -130,7 +152,38 @@ class PrefillPlan:
     def prune(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
         return state
 
+    def finish(self) -> None:
+        """Record where the visual tokens that reached the last layer came from (per view, newlines)."""
+        for account, layout in zip(self.accounts, self.layouts, strict=True):
+            if layout.tokens is not None:
+                account.record_views(layout.tokens, final=True)
+
     # -- tools for methods -------------------------------------------------------------------------------------------
+    def protected(self, b: int) -> torch.Tensor | None:
+        """Bool mask over sample b's visual tokens that no method may drop (newline tokens, unless the method
+        was told to rank them), or None when every visual token may be ranked."""
+        tokens = self.layouts[b].tokens
+        if self.prune_newlines or tokens is None:
+            return None
+        newline = tokens.is_newline
+        return newline if bool(newline.any()) else None
+
+    def rankable_count(self, b: int) -> int:
+        """Visual tokens of sample b that a method may rank."""
+        protected = self.protected(b)
+        return self.layouts[b].visual - (0 if protected is None else int(protected.sum()))
+
+    def top_tokens(self, b: int, scores: torch.Tensor, count: int) -> torch.Tensor:
+        """Sorted indices of sample b's visual tokens to keep: the `count` best-scoring rankable tokens, and every
+        protected one."""
+        protected = self.protected(b)
+        if protected is None:
+            return torch.topk(scores, count).indices.sort().values
+        protected = protected.to(scores.device)
+        ranked = torch.nonzero(~protected).flatten()
+        chosen = ranked[torch.topk(scores[ranked], count).indices]
+        return torch.cat([chosen, torch.nonzero(protected).flatten()]).sort().values
+
     def make_rows_request(self, rows: list[torch.Tensor], state: SequenceState) -> RowsRequest:
         """A request for per-sample query rows given in unpadded coordinates (empty tensors allowed)."""
         device = state.hidden_states.device
@@ -183,7 +236,10 @@ class PrefillPlan:
                 p = torch.arange(len(h), device=device)
             rows_h.append(h)
             rows_p.append(p)
-            new_layouts.append(VisualLayout(layout.prefix, len(kept) + n_extra, layout.suffix))
+            tokens = None
+            if layout.tokens is not None:
+                tokens = layout.tokens.select(kept.cpu()).with_merged(n_extra)
+            new_layouts.append(VisualLayout(layout.prefix, len(kept) + n_extra, layout.suffix, tokens))
         self.layouts = new_layouts
         longest = max(len(h) for h in rows_h)
         new_hidden = hidden.new_zeros((len(rows_h), longest, hidden.shape[-1]))
@@ -205,16 +261,40 @@ class PruningMethod:
 
     name = "none"
     needs_cls_attention = False  # whether select_before_llm wants the tower's [CLS] attention row
+    prune_newlines = False  # whether in-LLM ranking may drop LLaVA-NeXT's newline tokens
+    # The anyres grid rule and merge this method's reference used (None: the checkpoint's; see llava.model.anyres)
+    grid_rule: str | None = None
+    merge_type: str | None = None
+    nominal: int | None = None  # the model's nominal visual token count (llava.sparse.budget), set by `bind`
+
+    def bind(self, nominal: int) -> None:
+        """Told by the model which nominal visual count budgets are stated against."""
+        self.nominal = nominal
 
     def select_before_llm(self, features: torch.Tensor, cls_attention: torch.Tensor | None) -> torch.Tensor | None:
-        """Indices [N, k] (sorted, raster order) of the patches to keep per image, or None to keep all.
-        `features` [N, P, C] are the tower's selected-layer patch features."""
+        """Indices [views, k] (sorted, raster order) of the patches to keep per view, or None to keep all.
+        `features` [views, P, C] are the tower's selected-layer patch features."""
         return None
+
+    def select_tokens(
+        self, tokens: MergeLayout, features: torch.Tensor, cls_attention: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Indices of the merged block's tokens (`tokens`, one image) that enter the LLM, or None for all.
+        The default keeps, per view, the patches `select_before_llm` picks, in merge order, and every newline
+        token; methods that rank the whole block override this."""
+        keep = self.select_before_llm(features, cls_attention)
+        if keep is None:
+            return None
+        chosen = torch.zeros(features.shape[:2], dtype=torch.bool)
+        chosen.scatter_(1, keep.cpu(), True)
+        source = tokens.source()
+        mask = (source < 0) | chosen.flatten()[source.clamp(min=0)]
+        return torch.nonzero(mask).flatten()
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
         """The per-prefill object; `inputs` is the spliced `MultimodalInputs` (methods read embeddings there)."""
         text = model.config.text_config
-        return PrefillPlan(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
+        return PrefillPlan(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded, self.prune_newlines)
 
     def validate(self, model) -> None:
         """Raise now (when the model is built) if this configuration cannot run on `model`."""

@@ -14,6 +14,7 @@ import torch
 
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.attention_rows import RowsRequest
+from llava.sparse.budget import Budget
 from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
 
 SCORES = ("last", "paper")
@@ -38,17 +39,18 @@ class FastV(PruningMethod):
         return f"fastv K={self.k} {budget} score={self.score}"
 
     def keep_count(self, num_visual: int) -> int:
+        """Image tokens kept of `num_visual` rankable ones (the budget scaled to the image, `llava.sparse.budget`)."""
         if self.drop_ratio is not None:
             return round(num_visual * (1 - self.drop_ratio))
-        return min(self.retained_tokens, num_visual)
+        return Budget(self.retained_tokens).count(num_visual, self.nominal or num_visual)
 
     def validate(self, model) -> None:
         layers = model.config.num_hidden_layers
         if self.k >= layers:
             raise ValueError(f"FastV K={self.k} needs more than {self.k} decoder layers; the model has {layers}")
-        patches = model.get_vision_tower().num_patches
-        if self.drop_ratio is None and not 0 < self.retained_tokens <= patches:
-            raise ValueError(f"fastv: --retained-tokens {self.retained_tokens} must be in 1..{patches}")
+        nominal = self.nominal or model.get_vision_tower().num_patches
+        if self.drop_ratio is None and not 0 < self.retained_tokens <= nominal:
+            raise ValueError(f"fastv: --retained-tokens {self.retained_tokens} must be in 1..{nominal}")
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> FastVPlan:
         return FastVPlan(self, layouts, model, inputs)
@@ -59,7 +61,7 @@ class FastVPlan(PrefillPlan):
 
     def __init__(self, method: FastV, layouts, model, inputs) -> None:
         text = model.config.text_config
-        super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
+        super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded, method.prune_newlines)
         self.method = method
 
     def rows_request(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
@@ -90,11 +92,7 @@ class FastVPlan(PrefillPlan):
                 received = probs[:rows, start : start + layout.visual].sum(dim=0)
                 seen_by = layout.length - (layout.prefix + torch.arange(layout.visual, device=received.device))
                 scores = received / seen_by
-            kept = self.select(scores, self.method.keep_count(layout.visual))
+            kept = self.top_tokens(b, scores, self.method.keep_count(self.rankable_count(b)))
             self.accounts[b].kept[layer_idx] = kept
             keep.append(kept)
         return self.rebuild(state, keep, renumber_positions=False)
-
-    def select(self, scores: torch.Tensor, count: int) -> torch.Tensor:
-        """The kept image tokens: top `count` by score, in their original order."""
-        return torch.topk(scores, count).indices.sort().values

@@ -5,6 +5,9 @@ The budget (`--retained-tokens` / `RETAIN_TOKN`, default 192) means, per method:
 - sparsevlm: the schedule's equal tokens (layer-averaged visual tokens, reference convention);
 - fastv: visual tokens kept from layer K on (or `--fastv-r`, the dropped fraction, instead);
 - fastervlm, random, uniform: visual tokens entering the LLM, per image.
+On LLaVA-NeXT the budget is the image's total against the papers' nominal 2,880 tokens, scaled to each image's
+own count (`llava.sparse.budget`); `--retained-ratio` gives a fraction instead, and FasterVLM's `--visual-token-num`
+a count per view. Newline tokens are kept unless `--prune-newlines`.
 Every method reports equal tokens, FLOPs and timing the same way (`llava.sparse.accounting`).
 
 Resolution, read when the model is built (never at import): an explicit `--method` wins, then `METHOD`; without
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 
 from llava.sparse.engine import PruningMethod
 from llava.sparse.fastv import SCORES, FastV
-from llava.sparse.pre_llm import FasterVLM, RandomPruning, UniformPruning
+from llava.sparse.pre_llm import FasterVLM, FasterVLMGlobal, RandomPruning, UniformPruning
 from llava.sparse.sparsevlm import PRIORITY_HEADS, SparseVLM
 
 METHODS = ("none", "sparsevlm", "fastv", "fastervlm", "random", "uniform")
@@ -59,6 +62,34 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
         help="FastV: last prompt token's row (released code) or all-query mean (paper)",
     )
     group.add_argument(
+        "--retained-ratio",
+        "--retained_ratio",
+        dest="retained_ratio",
+        type=float,
+        default=None,
+        help="budget as a fraction of each image's visual tokens instead of a count (env: RETAIN_RATIO)",
+    )
+    group.add_argument(
+        "--visual-token-num",
+        "--visual_token_num",
+        dest="visual_token_num",
+        type=int,
+        default=None,
+        help="FasterVLM's own flag: tokens kept per view (LLaVA-NeXT: base view and every crop); implies fastervlm",
+    )
+    group.add_argument(
+        "--fastervlm-mode",
+        choices=("view", "global"),
+        default="view",
+        help="FasterVLM on LLaVA-NeXT: per-view top-k as the reference (its grid rule, no unpadding, no newline "
+        "tokens) or one ranking over the whole unpadded block (newline tokens kept)",
+    )
+    group.add_argument(
+        "--prune-newlines",
+        action="store_true",
+        help="LLaVA-NeXT: let in-LLM methods rank and drop the newline tokens (kept by default)",
+    )
+    group.add_argument(
         "--pruning-seed",
         type=int,
         default=0,
@@ -69,27 +100,49 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
 def pruning_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> PruningMethod:
     """The method the flags (and, where a flag is absent, the environment) ask for."""
     env = os.environ if env is None else env
+    method = _method_from_args(args, env)
+    method.prune_newlines = getattr(args, "prune_newlines", False)
+    return method
+
+
+def _method_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> PruningMethod:
     budget = args.retained_tokens if args.retained_tokens is not None else _env_int(env, "RETAIN_TOKN")
+    ratio = getattr(args, "retained_ratio", None)
+    if ratio is None and env.get("RETAIN_RATIO"):
+        ratio = float(env["RETAIN_RATIO"])
+    view_tokens = getattr(args, "visual_token_num", None)
     version = args.sparse_version or env.get("USE_VERSION") or None
     method = args.method or env.get("METHOD") or None
+    if method is None and view_tokens is not None:
+        method = "fastervlm"
     if method is None:
-        method = "sparsevlm" if (args.sparse or budget is not None or version is not None) else "none"
+        asked = args.sparse or budget is not None or ratio is not None or version is not None
+        method = "sparsevlm" if asked else "none"
+    if view_tokens is not None and method != "fastervlm":
+        raise ValueError(f"--visual-token-num is FasterVLM's per-view budget; it does not apply to --method {method}")
+    if ratio is not None and budget is not None and args.retained_tokens is not None:
+        raise ValueError("Give either --retained-tokens or --retained-ratio, not both")
     seed = None if args.pruning_seed is not None and args.pruning_seed < 0 else args.pruning_seed
-    budget = DEFAULT_BUDGET if budget is None else budget
+    if ratio is not None:
+        budget = None
+    elif budget is None:
+        budget = DEFAULT_BUDGET
     if method == "none":
         return PruningMethod()
     if method == "sparsevlm":
         if args.sparse:
             return SparseVLM("v1.0", scale=args.scale, bias=args.bias, seed=seed)
-        return SparseVLM(version or "1_0", budget, priority_heads=args.priority_heads, seed=seed)
+        return SparseVLM(version or "1_0", budget, priority_heads=args.priority_heads, seed=seed, ratio=ratio)
     if method == "fastv":
-        return FastV(args.fastv_k, budget, args.fastv_r, args.fastv_score)
+        drop = args.fastv_r if ratio is None else 1 - ratio
+        return FastV(args.fastv_k, budget, drop, args.fastv_score)
     if method == "fastervlm":
-        return FasterVLM(budget)
+        kind = FasterVLMGlobal if getattr(args, "fastervlm_mode", "view") == "global" else FasterVLM
+        return kind(budget, view_tokens, ratio)
     if method == "random":
-        return RandomPruning(budget, seed)
+        return RandomPruning(budget, seed, ratio=ratio)
     if method == "uniform":
-        return UniformPruning(budget)
+        return UniformPruning(budget, ratio=ratio)
     raise ValueError(f"Unknown pruning method {method!r} (--method / METHOD); choose one of: {', '.join(METHODS)}")
 
 

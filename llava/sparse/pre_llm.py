@@ -1,7 +1,12 @@
-"""Pruning before the LLM: keep k of each image's patches, chosen by FasterVLM's [CLS] attention, at random, or on
-a spatially even grid. The kept tokens stay in raster order and are the only ones projected; the LLM then runs
-unmodified on a shorter sequence with contiguous positions (LLaVA rebuilds them), so the budget is simply the
-number of visual tokens entering the LLM."""
+"""Pruning before the LLM: keep k of each view's patches, chosen by FasterVLM's [CLS] attention, at random, or on
+a spatially even grid. The kept tokens stay in merge order (raster order of each view; LLaVA-NeXT: base view, then
+the crop grid) and are the only ones projected; the LLM then runs unmodified on a shorter sequence with contiguous
+positions (LLaVA rebuilds them), so the budget is simply the number of visual tokens entering the LLM.
+
+On LLaVA-NeXT every view keeps the same k, the budget's share of one view (`llava.sparse.budget`), or exactly
+`view_tokens` (FasterVLM's `--visual-token-num`). FasterVLM runs in its reference's mode there: its own grid
+rule and the 'spatial' merge without unpadding or newline tokens; `FasterVLMGlobal` instead ranks all views
+together in the checkpoint's own merge (newline tokens kept)."""
 
 from __future__ import annotations
 
@@ -9,42 +14,87 @@ import math
 
 import torch
 
+from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod
 
 
 class PreLLMTopK(PruningMethod):
-    """Shared budget handling: `retained_tokens` patches per image (all of them when it equals the patch count)."""
+    """Shared budget handling: the budget's share of each view's patches (all of them when it covers the view),
+    or exactly `view_tokens` per view."""
 
-    def __init__(self, retained_tokens: int) -> None:
+    def __init__(self, retained_tokens: int | None, view_tokens: int | None = None, ratio: float | None = None):
         self.retained_tokens = retained_tokens
+        self.view_tokens = view_tokens
+        self.budget = None if view_tokens is not None else Budget(retained_tokens, ratio)
 
     def describe(self) -> str:
-        return f"{self.name} k={self.retained_tokens}"
+        if self.view_tokens is not None:
+            return f"{self.name} k={self.view_tokens}/view"
+        return f"{self.name} k={self.budget.describe()}"
 
     def validate(self, model) -> None:
         patches = model.get_vision_tower().num_patches
-        if not 0 < self.retained_tokens <= patches:
+        if self.view_tokens is not None:
+            if not 0 < self.view_tokens <= patches:
+                raise ValueError(f"{self.name}: {self.view_tokens} tokens per view must be in 1..{patches}")
+            return
+        nominal = self.nominal or patches
+        if self.retained_tokens is not None and not 0 < self.retained_tokens <= nominal:
             raise ValueError(
-                f"{self.name}: --retained-tokens {self.retained_tokens} must be in 1..{patches} (patches per image)"
+                f"{self.name}: --retained-tokens {self.retained_tokens} must be in 1..{nominal} (visual tokens of "
+                "the model's nominal image)"
             )
 
-    def select_before_llm(self, features, cls_attention):
-        if self.retained_tokens >= features.shape[1]:
-            return None
-        return self.choose(features, cls_attention).sort(dim=1).values
+    def view_count(self, patches: int) -> int:
+        """Patches each view keeps."""
+        if self.view_tokens is not None:
+            return min(self.view_tokens, patches)
+        return self.budget.count(patches, self.nominal or patches)
 
-    def choose(self, features: torch.Tensor, cls_attention: torch.Tensor | None) -> torch.Tensor:
+    def select_before_llm(self, features, cls_attention):
+        count = self.view_count(features.shape[1])
+        if count >= features.shape[1]:
+            return None
+        return self.choose(features, cls_attention, count).sort(dim=1).values
+
+    def choose(self, features: torch.Tensor, cls_attention: torch.Tensor | None, count: int) -> torch.Tensor:
         raise NotImplementedError
 
 
 class FasterVLM(PreLLMTopK):
-    """Top-k patches by the head-averaged attention of the [CLS] query in the tower's selected layer."""
+    """Top-k patches per view by the head-averaged attention of the [CLS] query in the tower's selected layer;
+    on LLaVA-NeXT with the reference's grid rule and 'spatial' merge."""
 
     name = "fastervlm"
     needs_cls_attention = True
+    grid_rule = "fastervlm"
+    merge_type = "spatial"
 
-    def choose(self, features, cls_attention):
-        return torch.topk(cls_attention, self.retained_tokens, dim=1).indices
+    def choose(self, features, cls_attention, count):
+        return torch.topk(cls_attention, count, dim=1).indices
+
+
+class FasterVLMGlobal(FasterVLM):
+    """FasterVLM ranking every patch of the merged block at once (one [CLS] score per patch, from its own view),
+    in the checkpoint's merge (LLaVA-NeXT: unpadded, newline tokens kept). The budget is the block's total."""
+
+    name = "fastervlm-global"
+    grid_rule = None
+    merge_type = None
+
+    def select_tokens(self, tokens, features, cls_attention):
+        source = tokens.source()
+        patch = source >= 0
+        count = int(patch.sum())
+        if self.view_tokens is not None:
+            keep_count = min(count, self.view_tokens * tokens.num_views)
+        else:
+            keep_count = self.budget.count(count, self.nominal or count)
+        if keep_count >= count:
+            return None
+        scores = cls_attention.flatten().cpu()[source[patch]]
+        chosen = torch.nonzero(patch).flatten()[torch.topk(scores, keep_count).indices]
+        return torch.cat([chosen, torch.nonzero(~patch).flatten()]).sort().values
 
 
 class RandomPruning(PreLLMTopK):
@@ -53,15 +103,15 @@ class RandomPruning(PreLLMTopK):
 
     name = "random"
 
-    def __init__(self, retained_tokens: int, seed: int | None = 0) -> None:
-        super().__init__(retained_tokens)
+    def __init__(self, retained_tokens, seed: int | None = 0, view_tokens=None, ratio=None) -> None:
+        super().__init__(retained_tokens, view_tokens, ratio)
         self.seed = seed
 
-    def choose(self, features, cls_attention):
+    def choose(self, features, cls_attention, count):
         rows = []
         for _ in range(features.shape[0]):
             generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-            rows.append(torch.randperm(features.shape[1], generator=generator)[: self.retained_tokens])
+            rows.append(torch.randperm(features.shape[1], generator=generator)[:count])
         return torch.stack(rows).to(features.device)
 
 
@@ -93,9 +143,9 @@ class UniformPruning(PreLLMTopK):
 
     name = "uniform"
 
-    def choose(self, features, cls_attention):
+    def choose(self, features, cls_attention, count):
         side = math.isqrt(features.shape[1])
         if side * side != features.shape[1]:
             raise ValueError(f"uniform pruning needs a square patch grid, got {features.shape[1]} patches")
-        grid = uniform_grid(side, self.retained_tokens).to(features.device)
+        grid = uniform_grid(side, count).to(features.device)
         return grid[None].expand(features.shape[0], -1)

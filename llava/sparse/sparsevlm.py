@@ -13,6 +13,7 @@ import torch
 from llava.model.language_model import score as budgets
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.attention_rows import RowsRequest
+from llava.sparse.budget import Budget
 from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
 from llava.sparse.recycling import recycle
 
@@ -60,11 +61,13 @@ class SparseVLM(PruningMethod):
         bias: float = 0.0,
         priority_heads: int = PRIORITY_HEADS,
         seed: int | None = 0,
+        ratio: float | None = None,
     ) -> None:
         if version not in ("v1.0", *budgets.VERSIONS):
             raise ValueError(f"Unknown SparseVLM version {version!r}: use v1.0, 1_0 or 2_0")
         self.version = version
         self.retained_tokens = retained_tokens
+        self.ratio = ratio  # --retained-ratio: the budget becomes this fraction of the nominal count when bound
         self.scale, self.bias = scale, bias
         self.priority_heads = priority_heads
         self.seed = seed
@@ -72,21 +75,37 @@ class SparseVLM(PruningMethod):
         self.renumber_positions = version != "2_0"  # quirk (v1.x): positions truncated to 0..n-1 after pruning
         self.layers = budgets.V1_0_LAYERS if version == "v1.0" else budgets.PRUNING_LAYERS
 
+    def bind(self, nominal: int) -> None:
+        super().bind(nominal)
+        if self.ratio is not None:
+            self.retained_tokens = Budget(ratio=self.ratio).count(nominal, nominal)
+
     def describe(self) -> str:
         if self.version == "v1.0":
             return f"sparsevlm v1.0 (rank, scale={self.scale}, bias={self.bias})"
         return f"sparsevlm {self.version} RETAIN_TOKN={self.retained_tokens}"
 
-    def schedule(self, num_visual: int, num_layers: int) -> tuple[int, ...] | None:
+    def schedule(self, num_visual: int, num_layers: int, view_tokens: int | None = None) -> tuple[int, ...] | None:
+        """Tokens kept after each pruning layer for an image of `num_visual` rankable tokens.
+
+        When the image has the model's nominal count (LLaVA-1.5: always) the budget's schedule is used as listed
+        or derived (`score.schedule_for`). Otherwise (LLaVA-NeXT) the ratio is kept: the schedule of the same
+        fraction of one `view_tokens`-token view, scaled to `num_visual` (specs/llava_next.md 5.6)."""
         if self.version == "v1.0":
             if num_layers <= max(self.layers):
                 raise ValueError(f"SparseVLM v1.0 prunes after layers {self.layers}; the model has {num_layers} layers")
             return None
-        return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
+        nominal = self.nominal or num_visual
+        if num_visual == nominal:
+            return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
+        view_tokens = view_tokens or nominal
+        per_view = round(self.retained_tokens * view_tokens / nominal)
+        base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers)
+        return tuple(max(1, min(num_visual - 1, round(c * num_visual / view_tokens))) for c in base)
 
     def validate(self, model) -> None:
         """Raise now (at model build time) if this budget cannot run on `model`."""
-        self.schedule(model.get_vision_tower().num_patches, model.config.num_hidden_layers)
+        self.schedule(self.nominal or model.get_vision_tower().num_patches, model.config.num_hidden_layers)
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> SparseVLMPlan:
         return SparseVLMPlan(self, layouts, model, inputs)
@@ -95,13 +114,13 @@ class SparseVLM(PruningMethod):
 class SparseVLMPlan(PrefillPlan):
     def __init__(self, method: SparseVLM, layouts: list[VisualLayout], model, inputs) -> None:
         text = model.config.text_config
-        super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded)
+        super().__init__(layouts, text.num_hidden_layers, text, model.dtype, inputs.num_encoded, method.prune_newlines)
         self.method = method
         self.model = model
         self.stage = {layer: i for i, layer in enumerate(method.layers)}
-        self.schedules = {
-            v: method.schedule(v, text.num_hidden_layers) for v in {lay.visual for lay in layouts if lay.visual}
-        }
+        view_tokens = model.get_vision_tower().num_patches
+        self.rankable = [self.rankable_count(b) for b in range(len(layouts))]
+        self.schedules = {v: method.schedule(v, text.num_hidden_layers, view_tokens) for v in set(self.rankable) if v}
         # Raters, once per prefill, from the layer-0 inputs, never recomputed from deeper layers (quirk); stored
         # relative to the text suffix start, which moves as the visual block shrinks.
         embeds, padded = inputs.inputs_embeds, inputs.inputs_embeds.shape[1]
@@ -138,12 +157,12 @@ class SparseVLMPlan(PrefillPlan):
             relation = self._relation(probs, state.position_ids[b], request.rows[b, :n_raters], start, layout.visual)
             scores = relation.mean(dim=0)  # [V]
             self.accounts[b].method_flops += 4.0 * probs.shape[0] * n_raters * padded * self.head_dim
-            count = self._keep_count(b, relation, layout.visual, layer_idx)
+            count = self._keep_count(b, relation, self.rankable_count(b), layer_idx)
             if count is None:  # v1.0 with rank == V: no pruning, no recycling
                 keep.append(None)
                 merged.append(None)
                 continue
-            kept = torch.topk(scores, count).indices.sort().values
+            kept = self.top_tokens(b, scores, count)
             self.accounts[b].kept[layer_idx] = kept
             keep.append(kept)
             merged.append(self._recycle(b, state, scores, kept, start, layer_idx) if self.method.recycling else None)
@@ -168,7 +187,7 @@ class SparseVLMPlan(PrefillPlan):
     def _keep_count(self, b: int, relation: torch.Tensor, num_visual: int, layer_idx: int) -> int | None:
         if self.method.version == "v1.0":
             return rank_budget(relation, num_visual, self.method.scale, self.method.bias)
-        schedule = self.schedules[self.accounts[b].num_visual]
+        schedule = self.schedules[self.rankable[b]]
         # quirk: capped at V - 1, so every pruning event drops at least one token (and, with recycling, adds one)
         return min(schedule[self.stage[layer_idx]], num_visual - 1)
 

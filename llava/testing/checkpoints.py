@@ -3,8 +3,10 @@
 `write_tiny_clip` saves a full (text + vision) `CLIPModel` with its `preprocessor_config.json`, like
 `openai/clip-vit-large-patch14-336`; `write_tiny_llava` saves an original-format LLaVA-1.5 folder (config.json with
 the `mm_*` fields, sharded safetensors or `.bin` with the stray `rotary_emb.inv_freq` buffers of transformers-4.31
-checkpoints, a tokenizer, no vision tower); `convert_to_llava_hf` rewrites such a folder in the llava-hf
-`LlavaForConditionalGeneration` layout with the key mapping and vocabulary padding of transformers' converter.
+checkpoints, a tokenizer, no vision tower) or, with `next=True`, a LLaVA-NeXT folder (anyres fields, a fine-tuned
+copy of the tower and `image_newline` inside the checkpoint, Llama or Mistral decoder); `convert_to_llava_hf`
+rewrites such a folder in the llava-hf `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration`
+layout with the key mapping and vocabulary padding of transformers' converters.
 """
 
 from __future__ import annotations
@@ -146,9 +148,17 @@ def write_tiny_llava(
     vocab_size: int | None = None,
     num_kv_heads: int | None = None,
     dtype: torch.dtype = torch.float32,
+    next: bool = False,
+    text_family: str = "llama",
+    pinpoints: list | None = None,
 ) -> Path:
     """A random original-format LLaVA-1.5 checkpoint using the CLIP tower in `clip_folder`; returns the folder.
-    `vocab_size` larger than the tiny tokenizer's gives real-size embedding and lm_head matrices (benchmarks)."""
+    `vocab_size` larger than the tiny tokenizer's gives real-size embedding and lm_head matrices (benchmarks).
+
+    `next=True` writes a LLaVA-NeXT checkpoint instead: `image_aspect_ratio` anyres with `pinpoints` (LLaVA-1.6's
+    by default), `spatial_unpad`, `unfreeze_mm_vision_tower`, the tower's weights perturbed (as fine-tuning does)
+    and stored under `model.vision_tower.vision_tower.vision_model.*`, and `model.image_newline`.
+    `text_family="mistral"` makes it a LLaVA-1.6-Mistral (`llava_mistral`, Mistral decoder, no sliding window)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = max(save_tokenizer(folder), vocab_size or 0)
@@ -164,6 +174,17 @@ def write_tiny_llava(
     )
     if num_kv_heads:
         config.text_config.num_key_value_heads = num_kv_heads
+    if text_family == "mistral":
+        from transformers import MistralConfig
+
+        config.text_config = MistralConfig(**{**config.text_config.to_dict(), "sliding_window": None})
+    if next:
+        from llava.model.config import DEFAULT_PINPOINTS
+
+        config.image_aspect_ratio = "anyres"
+        config.image_grid_pinpoints = pinpoints or DEFAULT_PINPOINTS
+        config.mm_patch_merge_type = "spatial_unpad"
+        config.unfreeze_mm_vision_tower = True
     torch.manual_seed(seed)
     with _default_dtype(dtype):
         model = LlavaLlamaForCausalLM(config)
@@ -171,7 +192,12 @@ def write_tiny_llava(
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(4.0)
             layer.self_attn.k_proj.weight.mul_(4.0)
+    if next:
+        with torch.no_grad():
+            model.model.image_newline.copy_(torch.randn(hidden_size) / hidden_size**0.5)
     state = {k: v for k, v in model.state_dict().items()}
+    if next:
+        state.update(_fine_tuned_tower(Path(clip_folder), seed))
     if not safetensors:  # transformers 4.31 saved these buffers; loaders must ignore them
         inv_freq = model.model.rotary_emb.inv_freq
         state.update({f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq for i in range(num_layers)})
@@ -183,13 +209,31 @@ def write_tiny_llava(
     return folder
 
 
+def _fine_tuned_tower(clip_folder: Path, seed: int) -> dict[str, torch.Tensor]:
+    """The CLIP tower's vision weights, slightly changed (a NeXT checkpoint's tower differs from openai's), under
+    the original checkpoint's keys."""
+    from safetensors import safe_open
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    tower = {}
+    with safe_open(str(clip_folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            if name.startswith("vision_model.") and not name.endswith("position_ids"):
+                tensor = f.get_tensor(name)
+                noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype)
+                tower["model.vision_tower.vision_tower." + name] = tensor + 0.02 * noise
+    return tower
+
+
 def convert_to_llava_hf(original: str | Path, folder: str | Path, seed: int = 0) -> Path:
     """Rewrite an original-format checkpoint (and its CLIP tower) as a llava-hf folder.
 
-    Follows transformers' `convert_llava_weights_to_hf.py`: add `<image>` and `<pad>` tokens, pad the vocabulary
-    to a multiple of 64 with rows drawn from N(mean, 1e-5 * cov) of the old ones, and map the keys
-    (`model.*` -> `language_model.model.*`, `lm_head` -> `language_model.lm_head`, `model.mm_projector.{0,2}` ->
-    `multi_modal_projector.linear_{1,2}`, CLIP `vision_model.*` -> `vision_tower.vision_model.*`).
+    Follows transformers' `convert_llava_weights_to_hf.py` (LLaVA-NeXT: `convert_llava_next_weights_to_hf.py`):
+    add `<image>` and `<pad>` tokens, pad the vocabulary to a multiple of 64 with rows drawn from
+    N(mean, 1e-5 * cov) of the old ones, and map the keys (`model.*` -> `language_model.model.*`, `lm_head` ->
+    `language_model.lm_head`, `model.mm_projector.{0,2}` -> `multi_modal_projector.linear_{1,2}`, CLIP
+    `vision_model.*` -> `vision_tower.vision_model.*`, `model.image_newline` -> `image_newline`). A NeXT
+    checkpoint's own (fine-tuned) tower is used; a 1.5 checkpoint takes the tower of its `mm_vision_tower`.
     """
     from safetensors import safe_open
 
@@ -209,6 +253,12 @@ def convert_to_llava_hf(original: str | Path, folder: str | Path, seed: int = 0)
     for name, tensor in iter_tensors(weight_files(original)):
         if name.endswith("rotary_emb.inv_freq"):
             continue
+        if name.startswith("model.vision_tower.vision_tower."):
+            state["vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")] = tensor
+            continue
+        if name == "model.image_newline":
+            state["image_newline"] = tensor
+            continue
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
             tensor = _pad_rows(tensor, new_vocab, generator)
         if name.startswith("model.mm_projector."):
@@ -217,17 +267,17 @@ def convert_to_llava_hf(original: str | Path, folder: str | Path, seed: int = 0)
         else:  # model.* and lm_head.*
             name = "language_model." + name
         state[name] = tensor
-    clip_weights = clip_dir / "model.safetensors"
-    with safe_open(str(clip_weights), framework="pt") as f:
-        for name in f.keys():
-            if name.startswith("vision_model."):
-                state["vision_tower." + name] = f.get_tensor(name)
+    if not any(name.startswith("vision_tower.") for name in state):
+        with safe_open(str(clip_dir / "model.safetensors"), framework="pt") as f:
+            for name in f.keys():
+                if name.startswith("vision_model."):
+                    state["vision_tower." + name] = f.get_tensor(name)
     save_file(
         {k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
     )
 
     text = config.text_config.to_dict()
-    text.update(vocab_size=new_vocab, pad_token_id=pad_token, model_type="llama")
+    text.update(vocab_size=new_vocab, pad_token_id=pad_token, model_type=config.text_family)
     vision = json.loads((clip_dir / "config.json").read_text())["vision_config"]
     vision["model_type"] = "clip_vision_model"
     hf_config = {
@@ -243,6 +293,14 @@ def convert_to_llava_hf(original: str | Path, folder: str | Path, seed: int = 0)
         "vision_config": vision,
         "tie_word_embeddings": False,
     }
+    if config.is_anyres:
+        hf_config.update(
+            architectures=["LlavaNextForConditionalGeneration"],
+            model_type="llava_next",
+            image_grid_pinpoints=config.image_grid_pinpoints,
+            use_image_newline_parameter=True,
+        )
+        del hf_config["image_seq_length"]
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2, default=str))
     shutil.copy(clip_dir / "preprocessor_config.json", folder / "preprocessor_config.json")
     return folder

@@ -1,4 +1,5 @@
-"""LlavaLlamaForCausalLM: a Llama decoder (transformers' layers, our loop) with a CLIP tower and projector."""
+"""LlavaLlamaForCausalLM: a Llama-family decoder (transformers' layers, our loop) with a CLIP tower and projector;
+LLaVA-1.5 and LLaVA-NeXT (anyres views, Llama or Mistral decoder) alike."""
 
 from __future__ import annotations
 
@@ -7,35 +8,42 @@ import time
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from llava.model.config import LlavaConfig
 from llava.model.language_model.decoder import ATTN_IMPLEMENTATIONS, DecoderCache, DecoderLoop, SequenceState
-from llava.model.llava_arch import MultimodalInputs, encode_images, splice_image_features
+from llava.model.language_model.family import check_sequence_length, family_of
+from llava.model.llava_arch import EncodedImage, MultimodalInputs, encode_images, splice_image_features
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.sparse.accounting import SampleAccount, Timer
 from llava.sparse.attention_rows import wrapped_name
-from llava.sparse.engine import PruningMethod, layouts_from_spans
+from llava.sparse.budget import nominal_visual_tokens
+from llava.sparse.engine import PruningMethod, inputs_layouts
 
 
 class LlavaLlamaModel(nn.Module):
     """Holds the modules under the original checkpoint's `model.` prefix: `embed_tokens`, `layers`, `norm`,
-    `mm_projector` (and, attached by the loader, `vision_tower`, which 1.5 checkpoints do not contain)."""
+    `mm_projector`, `image_newline` (LLaVA-NeXT's `*unpad` merges only) and, attached by the loader,
+    `vision_tower`. The layers are the text family's own transformers classes (Llama, Mistral)."""
 
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__()
         text = config.text_config
+        family = family_of(text)
         self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, text.pad_token_id)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(text, i) for i in range(text.num_hidden_layers))
-        self.norm = LlamaRMSNorm(text.hidden_size, eps=text.rms_norm_eps)
-        self.rotary_emb = LlamaRotaryEmbedding(text)
+        self.layers = nn.ModuleList(family.layer(text, i) for i in range(text.num_hidden_layers))
+        self.norm = family.norm(text.hidden_size, eps=text.rms_norm_eps)
+        self.rotary_emb = family.rotary(text)
         self.mm_projector = build_vision_projector(config.mm_projector_type, config.mm_hidden_size, text.hidden_size)
+        if config.has_image_newline:
+            self.image_newline = nn.Parameter(torch.empty(text.hidden_size))
+        else:
+            self.image_newline = None
         self.vision_tower = None
 
     def reset_rotary(self, config: LlavaConfig, device: torch.device | str) -> None:
         """Rebuild the (non-persistent) rotary table, e.g. after the model was created on the meta device."""
         with torch.device(device):
-            self.rotary_emb = LlamaRotaryEmbedding(config.text_config)
+            self.rotary_emb = family_of(config.text_config).rotary(config.text_config)
 
 
 @dataclasses.dataclass
@@ -47,7 +55,7 @@ class PrefillOutput:
 
 
 class LlavaLlamaForCausalLM(nn.Module):
-    """LLaVA-1.5 for inference. `forward` gives prefill logits; `generate` decodes with a KV cache."""
+    """LLaVA-1.5 / LLaVA-NeXT for inference. `forward` gives prefill logits; `generate` decodes with a KV cache."""
 
     def __init__(self, config: LlavaConfig, attn_implementation: str = "sdpa") -> None:
         super().__init__()
@@ -87,30 +95,46 @@ class LlavaLlamaForCausalLM(nn.Module):
 
     def set_pruning(self, method: PruningMethod | None) -> None:
         """The visual-token pruning method used by every following prefill (None: no pruning); checked against
-        this model now, so that an impossible budget fails before any data is read."""
+        this model now, so that an impossible budget fails before any data is read. A method whose reference
+        used its own anyres grid rule or merge (FasterVLM on LLaVA-NeXT) sets them in `config`, which
+        `process_images(images, image_processor, model.config)` reads."""
         method = method or PruningMethod()
-        if hasattr(method, "validate") and self.model.vision_tower is not None:
-            method.validate(self)
+        tower = self.model.vision_tower
+        if tower is not None:
+            method.bind(self.nominal_visual_tokens)
+            if hasattr(method, "validate"):
+                method.validate(self)
+        self.config.pruning_grid_rule = method.grid_rule
+        self.config.pruning_merge_type = method.merge_type
         self.pruning = method
 
+    @property
+    def nominal_visual_tokens(self) -> int:
+        """The visual token count budgets are stated against (`llava.sparse.budget`)."""
+        tower = self.get_vision_tower()
+        return nominal_visual_tokens(self.config, tower.num_patches, tower.config.image_size)
+
     # -- building blocks ----------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected features of the visual tokens that enter the LLM (after any pre-LLM pruning)."""
+    def encode_images(self, images, image_sizes=None) -> list[EncodedImage]:
+        """Per image, the projected visual block that enters the LLM (merged views, after any pre-LLM pruning)."""
         if self.model.vision_tower is None:
             raise RuntimeError("This model has no vision tower loaded; load it with load_pretrained_model()")
-        return encode_images(self.model.vision_tower, self.model.mm_projector, images, self.pruning)
+        return encode_images(self, images, image_sizes, self.pruning)
 
     def prepare_inputs(
         self,
         input_ids: torch.Tensor | list[torch.Tensor],
         images: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        image_sizes=None,
     ) -> MultimodalInputs:
-        features = None
+        encoded = None
         if images is not None:
-            if isinstance(images, list):
-                images = torch.stack(images) if images[0].dim() == 3 else torch.cat(images)
-            features = self.encode_images(images.to(self.device))
+            if isinstance(images, torch.Tensor):
+                images = images.to(self.device)
+            else:
+                images = [image.to(self.device) for image in images]
+            encoded = self.encode_images(images, image_sizes)
         if isinstance(input_ids, torch.Tensor):
             input_ids = input_ids.to(self.device)
             if input_ids.dim() == 1:
@@ -119,13 +143,12 @@ class LlavaLlamaForCausalLM(nn.Module):
             input_ids = [ids.to(self.device) for ids in input_ids]
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
+        features = None if encoded is None else [image.features for image in encoded]
         inputs = splice_image_features(
             input_ids, attention_mask, features, self.model.embed_tokens, self.config.tokenizer_model_max_length
         )
-        if features is not None:
-            tower = self.model.vision_tower
-            encoded = tower.num_patches + (tower.select_feature == "cls_patch")
-            inputs.num_encoded = [encoded * len(spans) for spans in inputs.image_spans]
+        inputs.images = encoded
+        check_sequence_length(self.config.text_config, max(inputs.lengths))
         return inputs
 
     def prefill(
@@ -134,16 +157,18 @@ class LlavaLlamaForCausalLM(nn.Module):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
+        image_sizes=None,
     ) -> PrefillOutput:
-        inputs = self.prepare_inputs(input_ids, images, attention_mask)
+        inputs = self.prepare_inputs(input_ids, images, attention_mask, image_sizes)
         state = SequenceState(inputs.inputs_embeds, inputs.position_ids, inputs.token_mask, inputs.has_padding)
-        layouts = layouts_from_spans(inputs.image_spans, inputs.lengths, inputs.inputs_embeds.shape[1])
+        layouts = inputs_layouts(inputs)
         cache = DecoderCache() if use_cache else None
         with Timer(self.device) as timer:  # the method's own set-up (e.g. SparseVLM's raters) counts as prefill
             plan_start = time.perf_counter()
             plan = self.pruning.plan(layouts, self, inputs)
             plan_ms = (time.perf_counter() - plan_start) * 1e3
             hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache, plan)
+        plan.finish()
         for account in plan.accounts:
             account.prefill_ms = timer.ms
             if self.device.type == "cpu":
@@ -167,7 +192,7 @@ class LlavaLlamaForCausalLM(nn.Module):
         image_sizes=None,
     ) -> torch.Tensor:
         """Logits [B, L, V] over the spliced, left-padded prefill sequence (no cache)."""
-        out = self.prefill(input_ids, images, attention_mask, use_cache=False)
+        out = self.prefill(input_ids, images, attention_mask, use_cache=False, image_sizes=image_sizes)
         return self.lm_head(out.hidden_states).float()
 
     def generate(self, input_ids, images=None, **kwargs) -> torch.Tensor:

@@ -6,6 +6,21 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+# The tower every LLaVA-1.5 / LLaVA-NeXT checkpoint names, with its published config (NeXT checkpoints carry its
+# fine-tuned weights, so only this config is needed to load them).
+CLIP_L_336_NAME = "openai/clip-vit-large-patch14-336"
+CLIP_L_336_CONFIG = CLIPVisionConfig(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+
 
 class CLIPVisionTower(nn.Module):
     """Image pixels -> per-patch features of layer `select_layer` (before `post_layernorm`).
