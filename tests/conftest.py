@@ -73,3 +73,42 @@ def loaded32(tiny_llava_32):
     from llava.model.builder import load_pretrained_model
 
     return load_pretrained_model(str(tiny_llava_32), device="cpu", pruning=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_next(tiny_root, tiny_clip) -> Path:
+    """LLaVA-NeXT (1.6) in the original format: anyres, spatial_unpad, fine-tuned tower and image_newline inside."""
+    return write_tiny_llava(tiny_root / "llava-v1.6-vicuna-tiny", tiny_clip, next=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_next_hf(tiny_root, tiny_next) -> Path:
+    """The same weights in the llava-hf LlavaNextForConditionalGeneration layout."""
+    return convert_to_llava_hf(tiny_next, tiny_root / "llava-v1.6-vicuna-tiny-hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_next_mistral(tiny_root, tiny_clip) -> Path:
+    """LLaVA-1.6-Mistral: `llava_mistral`, Mistral decoder with grouped-query attention (2 KV heads)."""
+    folder = tiny_root / "llava-v1.6-mistral-tiny"
+    return write_tiny_llava(folder, tiny_clip, next=True, text_family="mistral", num_kv_heads=2, seed=3)
+
+
+@pytest.fixture(scope="session")
+def loaded_next(tiny_next):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_next), device="cpu", pruning=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_next_32(tiny_root, tiny_clip) -> Path:
+    """LLaVA-NeXT with LLaVA-7B's 32 layers at tiny width: the pruning schedules' shape."""
+    return write_tiny_llava(tiny_root / "llava-v1.6-vicuna-tiny-32", tiny_clip, next=True, num_layers=32, seed=4)
+
+
+@pytest.fixture(scope="session")
+def loaded_next32(tiny_next_32):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_next_32), device="cpu", pruning=None)

@@ -88,24 +88,25 @@ class SparseVLM(PruningMethod):
     def schedule(self, num_visual: int, num_layers: int, view_tokens: int | None = None) -> tuple[int, ...] | None:
         """Tokens kept after each pruning layer for an image of `num_visual` rankable tokens.
 
-        When the image has the model's nominal count (LLaVA-1.5: always) the budget's schedule is used as listed
-        or derived (`score.schedule_for`). Otherwise (LLaVA-NeXT) the ratio is kept: the schedule of the same
+        On a single-view model (LLaVA-1.5) the budget's schedule is used as listed or derived
+        (`score.schedule_for`). On a multi-view model (LLaVA-NeXT) the ratio is kept: the schedule of the same
         fraction of one `view_tokens`-token view, scaled to `num_visual` (specs/llava_next.md 5.6)."""
         if self.version == "v1.0":
             if num_layers <= max(self.layers):
                 raise ValueError(f"SparseVLM v1.0 prunes after layers {self.layers}; the model has {num_layers} layers")
             return None
         nominal = self.nominal or num_visual
-        if num_visual == nominal:
-            return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
         view_tokens = view_tokens or nominal
+        if view_tokens == nominal == num_visual:
+            return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
         per_view = round(self.retained_tokens * view_tokens / nominal)
         base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers)
         return tuple(max(1, min(num_visual - 1, round(c * num_visual / view_tokens))) for c in base)
 
     def validate(self, model) -> None:
         """Raise now (at model build time) if this budget cannot run on `model`."""
-        self.schedule(self.nominal or model.get_vision_tower().num_patches, model.config.num_hidden_layers)
+        patches = model.get_vision_tower().num_patches
+        self.schedule(self.nominal or patches, model.config.num_hidden_layers, patches)
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> SparseVLMPlan:
         return SparseVLMPlan(self, layouts, model, inputs)

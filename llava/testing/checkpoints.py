@@ -177,7 +177,8 @@ def write_tiny_llava(
     if text_family == "mistral":
         from transformers import MistralConfig
 
-        config.text_config = MistralConfig(**{**config.text_config.to_dict(), "sliding_window": None})
+        fields = {k: v for k, v in config.text_config.to_dict().items() if k != "model_type"}
+        config.text_config = MistralConfig(**fields, sliding_window=None)
     if next:
         from llava.model.config import DEFAULT_PINPOINTS
 
