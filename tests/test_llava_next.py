@@ -265,3 +265,77 @@ def test_batch_of_images_of_different_sizes_equals_one_by_one(loaded_next):
     for i, image in enumerate(images):
         alone = model.generate(ids[i][None], images=px[i][None], image_sizes=[image.size], max_new_tokens=5)
         assert batched[i, : alone.shape[1]].tolist() == alone[0].tolist()
+
+
+def test_generator_answers_next_images_of_different_sizes_alike_at_batch_1_and_2(tiny_next, tmp_path):
+    from llava.eval import model_vqa_loader
+    from llava.eval.answer_files import read_jsonl
+
+    sizes = [(640, 480), (300, 200), (1008, 336)]
+    questions = []
+    for i, size in enumerate(sizes):
+        random_image(20 + i, size).save(tmp_path / f"{i}.png")
+        questions.append({"question_id": i, "image": f"{i}.png", "text": "What is the color of the square?"})
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    runs = []
+    for batch in ("1", "2"):
+        answers = tmp_path / f"a{batch}.jsonl"
+        model_vqa_loader.main(
+            ["--model-path", str(tiny_next), "--question-file", str(tmp_path / "q.jsonl")]
+            + ["--image-folder", str(tmp_path), "--answers-file", str(answers), "--batch-size", batch]
+            + ["--temperature", "0", "--max_new_tokens", "3", "--device", "cpu", "--visual-token-num", "29"]
+        )
+        runs.append(read_jsonl(answers))
+    assert [r["text"] for r in runs[0]] == [r["text"] for r in runs[1]]
+    # FasterVLM's reference mode: its own grid rule (300x200 -> 2x1 crops, 3 views), 29 tokens per view
+    views = [r["metadata"]["visual_tokens_per_view"] for r in runs[1]]
+    assert views == [[29] * 5, [29] * 3, [29] * 4]
+    assert [r["metadata"]["visual_tokens"] for r in runs[1]] == [145, 87, 116]
+
+
+@pytest.mark.parametrize("tower_prefix", ["model.vision_tower.vision_model.", "model.vision_tower."])
+def test_llava_hf_runtime_key_layouts_load_alike(tiny_next_hf, copy_of, tower_prefix):
+    """Checkpoints re-saved by transformers 5 carry runtime names; CLIP lost its `vision_model` wrapper in 5.6."""
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_of(tiny_next_hf)
+    renames = [
+        ("language_model.model.", "model.language_model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("multi_modal_projector.", "model.multi_modal_projector."),
+        ("image_newline", "model.image_newline"),
+        ("vision_tower.vision_model.", tower_prefix),
+    ]
+    state = {}
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        state[name] = tensor
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    tokenizer, renamed, processor, _ = load_pretrained_model(str(folder), device="cpu", pruning=None)
+    _, original, _, _ = load_pretrained_model(str(tiny_next_hf), device="cpu", pruning=None)
+    image = random_image(0, (640, 480))
+    px = process_images([image], processor, renamed.config)
+    ids = prompt_ids(tokenizer, QUESTION)[None]
+    torch.testing.assert_close(renamed(ids, px, image_sizes=[image.size]), original(ids, px, image_sizes=[image.size]))
+
+
+@pytest.mark.parametrize("merge", ["flat", "spatial"])
+def test_flat_and_spatial_merges_order_the_views_projected_features(loaded_next, merge):
+    _, model, processor, _ = loaded_next
+    image = random_image(0, (1008, 336))  # 3x1 crops
+    px = process_images([image], processor, model.config)
+    model.config.mm_patch_merge_type = merge
+    try:
+        block = model.encode_images(px, image_sizes=[image.size])[0].features
+    finally:
+        model.config.mm_patch_merge_type = "spatial_unpad"
+    views = model.model.mm_projector(model.get_vision_tower()(px[0]))  # [4, 576, D]
+    if merge == "flat":
+        expected = views.flatten(0, 1)
+    else:  # base, then the 24 x 72 raster across the three crops
+        grid = views[1:].view(1, 3, 24, 24, -1).permute(0, 2, 1, 3, 4).reshape(-1, views.shape[-1])
+        expected = torch.cat([views[0], grid])
+    torch.testing.assert_close(block, expected)

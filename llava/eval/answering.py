@@ -21,7 +21,7 @@ import shortuuid
 import torch
 from PIL import Image
 
-from llava.conversation import get_conv_template
+from llava.conversation import get_conv_template, stop_token_ids
 from llava.eval.answer_files import AnswerWriter, iter_jsonl
 from llava.mm_utils import get_model_name_from_path, image_token, process_images, to_device, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
@@ -183,6 +183,7 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             prompts,
             images=pixels,
             image_sizes=sizes,
+            eos_token_id=stop_token_ids(conv, tokenizer),
             do_sample=args.temperature > 0,
             temperature=args.temperature,
             top_p=args.top_p,

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from llava.constants import IMAGE_PLACEHOLDER
-from llava.conversation import get_conv_template, resolve_conv_mode
+from llava.conversation import get_conv_template, resolve_conv_mode, stop_token_ids
 from llava.mm_utils import (
     get_model_name_from_path,
     image_token,
@@ -53,6 +53,7 @@ def eval_model(args: argparse.Namespace, loaded=None) -> str:
         num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens,
         generator=generator,
+        eos_token_id=stop_token_ids(get_conv_template(conv_mode), tokenizer),
     )
     for account in model.last_accounts:
         print(account.line(color=sys.stderr.isatty()), file=sys.stderr)

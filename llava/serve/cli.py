@@ -7,7 +7,7 @@ import argparse
 
 from transformers import TextStreamer
 
-from llava.conversation import get_conv_template, resolve_conv_mode
+from llava.conversation import get_conv_template, resolve_conv_mode, stop_token_ids
 from llava.mm_utils import (
     get_model_name_from_path,
     image_token,
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             temperature=args.temperature,
             max_new_tokens=args.max_new_tokens,
             streamer=streamer,
+            eos_token_id=stop_token_ids(conv, tokenizer),
         )
         answer = tokenizer.decode(output_ids[0], skip_special_tokens=True).strip()
         conv.messages[-1][-1] = answer
