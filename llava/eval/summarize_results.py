@@ -24,6 +24,7 @@ EFFICIENCY = (
     "equal_tokens",
     "equal_tokens_input",
     "visual_tokens",
+    "newline_tokens",
     "decoder_tflops",
     "method_tflops",
     "prefill_ms",
@@ -162,18 +163,27 @@ def _markdown(rows: list[dict]) -> str:
         lines.append(f"| {model} | {tag} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| benchmark | model | method | answers | failed | equal tokens | input-count | TFLOPs | method TFLOPs "
-        "| prefill ms | total ms | KV MB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| benchmark | model | method | answers | failed | visual tokens in | equal tokens | input-count | TFLOPs "
+        "| method TFLOPs | prefill ms | total ms | KV MB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['benchmark']}{'/' + r['split'] if r['split'] else ''} | {r['model']} | {r['tag']} | "
-            f"{r['answers_count']} | {r['failed']} | {_fmt(r['equal_tokens'])} | {_fmt(r['equal_tokens_input'])} | "
+            f"{r['answers_count']} | {r['failed']} | {_visual(r)} | {_fmt(r['equal_tokens'])} | "
+            f"{_fmt(r['equal_tokens_input'])} | "
             f"{_fmt(r['decoder_tflops'], 4)} | {_fmt(r['method_tflops'], 4)} | {_fmt(r['prefill_ms'])} | "
             f"{_fmt(r['total_ms'])} | {_fmt(r['kv_cache_mb'])} | {r['note']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _visual(row: dict) -> str:
+    """Mean visual tokens entering the LLM (as FasterVLM's loader reports), with the newline share on NeXT."""
+    text = _fmt(row["visual_tokens"])
+    if row.get("newline_tokens"):
+        text += f" (incl. {_fmt(row['newline_tokens'])} newline)"
+    return text
 
 
 def _plot(rows: list[dict], x_key: str, x_label: str, path: Path) -> None:
