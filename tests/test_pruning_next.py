@@ -229,3 +229,32 @@ def test_budget_forms_on_next(loaded_next):
     with pytest.raises(ValueError, match="1..2880"):
         model.set_pruning(FastV(k=2, retained_tokens=3000))
     assert grid_shape((640, 480), model.config.image_grid_pinpoints, 336) == (2, 2)
+
+
+def _parse(*argv):
+    import argparse
+
+    from llava.sparse.methods import add_pruning_args, pruning_from_args
+
+    parser = argparse.ArgumentParser()
+    add_pruning_args(parser)
+    return lambda env=None: pruning_from_args(parser.parse_args(list(argv)), env or {})
+
+
+def test_next_budget_flags():
+    assert _parse("--visual-token-num", "29")().describe() == "fastervlm k=29/view"
+    assert _parse("--method", "fastervlm", "--fastervlm-mode", "global")({"RETAIN_TOKN": "640"}).name == (
+        "fastervlm-global"
+    )
+    assert _parse("--method", "random", "--retained-ratio", "0.25")().describe() == "random k=ratio 0.25"
+    assert _parse("--method", "fastv", "--retained-ratio", "0.25")().drop_ratio == 0.75
+    sparse = _parse("--retained-ratio", "0.2")()  # a ratio alone selects SparseVLM, like RETAIN_TOKN
+    sparse.bind(2880)
+    assert sparse.name == "sparsevlm" and sparse.retained_tokens == 576
+    assert _parse("--method", "uniform", "--prune-newlines")().prune_newlines
+    with pytest.raises(ValueError, match="FasterVLM's per-view budget"):
+        _parse("--method", "fastv", "--visual-token-num", "29")()
+    with pytest.raises(ValueError, match="not both"):
+        _parse("--retained-tokens", "64", "--retained-ratio", "0.1")()
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        _parse("--method", "random", "--retained-ratio", "1.5")()
