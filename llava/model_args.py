@@ -18,6 +18,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
+        "--device-map",
+        type=str,
+        default=None,
+        help="spread a model too big for one GPU over several, whole decoder layers per device: auto (= balanced), "
+        'balanced_low_0, sequential, or a JSON object module -> device, e.g. \'{"model.layers": 0, '
+        '"model.layers.40": 1, ..., "model.layers.59": 1}\' (default: the whole model on --device)',
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=str,
+        default=None,
+        help='with --device-map: JSON object device -> size, e.g. \'{"0": "30GiB", "1": "40GiB"}\'',
+    )
+    parser.add_argument(
         "--dtype",
         type=str,
         default=None,
@@ -40,6 +54,7 @@ def load_from_args(args: argparse.Namespace):
     """(tokenizer, model, image_processor, context_len) for the flags of `add_model_args`."""
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
+    from llava.model.placement import parse_device_map, parse_max_memory
 
     return load_pretrained_model(
         args.model_path,
@@ -47,6 +62,7 @@ def load_from_args(args: argparse.Namespace):
         get_model_name_from_path(args.model_path),
         load_8bit=args.load_8bit,
         load_4bit=args.load_4bit,
+        device_map=parse_device_map(getattr(args, "device_map", None)),
         device=args.device,
         use_flash_attn=args.use_flash_attn,
         dtype=args.dtype,
@@ -54,4 +70,5 @@ def load_from_args(args: argparse.Namespace):
         vision_dtype=args.vision_dtype,
         attn_implementation=args.attn_implementation,
         pruning=pruning_from_args(args),
+        max_memory=parse_max_memory(getattr(args, "max_memory", None)),
     )

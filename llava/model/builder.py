@@ -4,6 +4,8 @@ Both on-disk formats load into the same `LlavaLlamaForCausalLM`: original LLaVA 
 `mm_*` fields, sharded `.bin` or safetensors, CLIP tower loaded separately from `mm_vision_tower`) and llava-hf
 folders (`LlavaForConditionalGeneration`, tower inside the checkpoint). The model is built on the meta device and
 the shards are assigned one at a time, so a 7B model never exists twice in memory.
+
+A model too big for one GPU is spread over several by a device map (`device_map=`, `llava.model.placement`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from llava.model.config import HF_FORMAT, LlavaConfig
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIP_L_336_CONFIG, CLIP_L_336_NAME, CLIPVisionTower
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
+from llava.model.placement import Placement, resolve_placement
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
-def resolve_attn_implementation(attn_implementation: str | None, use_flash_attn: bool, device: torch.device) -> str:
+def resolve_attn_implementation(
+    attn_implementation: str | None, use_flash_attn: bool, device: torch.device | None
+) -> str:
+    """The attention kernel's name; `device` None skips the device check (done per device of a device map)."""
     impl = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
     if impl == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:
@@ -69,7 +75,7 @@ def resolve_attn_implementation(attn_implementation: str | None, use_flash_attn:
                 "attn_implementation='flash_attention_2' needs the flash-attn package: "
                 "pip install -e '.[flash]' on a CUDA machine, or use 'sdpa'"
             )
-        if device.type != "cuda":
+        if device is not None and device.type != "cuda":
             raise ValueError("flash_attention_2 runs only on CUDA devices; use 'sdpa' or 'eager' on CPU")
     elif impl not in ("eager", "sdpa"):
         raise ValueError(f"Unknown attn_implementation {impl!r}; use eager, sdpa or flash_attention_2")
@@ -188,6 +194,7 @@ def load_pretrained_model(
     vision_dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     pruning="env",
+    max_memory: dict | None = None,
     **kwargs,
 ):
     """Load a LLaVA checkpoint. Returns `(tokenizer, model, image_processor, context_len)` like LLaVA.
@@ -198,6 +205,14 @@ def load_pretrained_model(
     flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of the same). pruning: a
     `llava.sparse.engine.PruningMethod`, None for the unpruned model, or "env" (default) for what the environment
     asks for (`METHOD`, `RETAIN_TOKN`, `USE_VERSION`; see `llava.sparse.methods`), read now, not at import.
+
+    device_map: None or a strategy keeps the whole model on `device` (today's placement) unless `max_memory` is
+    given or more than one CUDA device is visible and `device` names none in particular (auto, cuda): then
+    accelerate spreads whole decoder layers over the devices ("auto" = "balanced", "balanced_low_0",
+    "sequential"), within `max_memory` (device -> size, e.g. {0: "30GiB", 1: "40GiB"}) if given. A dict
+    (module name -> device, e.g. {"model.layers.0": 0, ..., "model.layers.59": 1}, or a JSON string of one) places
+    every decoder layer as given. Either way the vision tower, projector, embed_tokens and image_newline go with the
+    first layer, norm and lm_head with the last; `model.device` is lm_head's device (where logits come out).
     """
     if load_8bit or load_4bit:
         raise ValueError("8-bit / 4-bit loading is not supported; load in float16 or bfloat16 instead")
@@ -209,9 +224,8 @@ def load_pretrained_model(
             "scripts/merge_lora_weights.py) and load the merged folder"
         )
     target = resolve_device(device)
-    model_dtype = resolve_dtype(dtype, target)
-    tower_dtype = resolve_dtype(vision_dtype or torch.float32, target)
-    impl = resolve_attn_implementation(attn_implementation, use_flash_attn, target)
+    explicit_map = isinstance(device_map, dict) or (isinstance(device_map, str) and device_map.lstrip().startswith("{"))
+    impl = resolve_attn_implementation(attn_implementation, use_flash_attn, None if explicit_map else target)
 
     config = LlavaConfig.from_pretrained(model_dir)
     base_dir = locate_model(model_base) if model_base else model_dir
@@ -219,26 +233,37 @@ def load_pretrained_model(
 
     with torch.device("meta"):
         model = LlavaLlamaForCausalLM(config, attn_implementation=impl)
+    placement = resolve_placement(model, device_map, device, target, max_memory, dtype)
+    if not placement.single or explicit_map:
+        for layer_device in sorted(set(placement.layers), key=str):
+            resolve_attn_implementation(attn_implementation, use_flash_attn, layer_device)
+    compute = next((d for d in placement.layers if d.type == "cuda"), placement.first)
+    model_dtype = resolve_dtype(dtype, compute)
+    tower_dtype = resolve_dtype(vision_dtype or torch.float32, compute)
     files = weight_files(base_dir)
     if model_base is not None:  # projector-only checkpoint on top of a base language model
         projector = model_dir / "mm_projector.bin"
         if not projector.is_file():
             raise FileNotFoundError(f"{model_dir} has no mm_projector.bin to put on top of {model_base}")
         files = files + [projector]
-    tower_state = _assign_weights(model, config, files, model_dtype, target)
-    model.model.reset_rotary(config, target)
+    tower_state = _assign_weights(model, config, files, model_dtype, placement)
+    model.model.reset_rotary(config, placement.first)
 
     if config.checkpoint_format == HF_FORMAT:
         clip = _clip_from_state(config.vision_config, tower_state, model_dir)
         image_processor = CLIPImagePreprocessor.from_pretrained(model_dir)
     else:
         clip, image_processor = _original_tower(config, model_dir, vision_tower, tower_state, tower_dtype)
-    clip = clip.to(device=target, dtype=tower_dtype).eval()
+    clip = clip.to(device=placement.first, dtype=tower_dtype).eval()
     tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
     tower.truncate_unused_layers()
     tower.requires_grad_(False)
     model.model.vision_tower = tower
     model.eval().requires_grad_(False)
+    if not placement.single:
+        model.model.layer_devices = placement.layers
+        model.device_map = placement.module_map(model)
+        logger.info("Decoder layers spread over %s", ", ".join(str(d) for d in dict.fromkeys(placement.layers)))
     if isinstance(pruning, str):
         if pruning != "env":
             raise ValueError(f"pruning must be a PruningMethod, None or 'env', got {pruning!r}")
@@ -304,9 +329,10 @@ def _clip_from_state(vision_config, tower_state: dict, model_dir: Path):
 
 
 def _assign_weights(
-    model: LlavaLlamaForCausalLM, config: LlavaConfig, files, dtype: torch.dtype, device: torch.device
+    model: LlavaLlamaForCausalLM, config: LlavaConfig, files, dtype: torch.dtype, placement: Placement
 ) -> dict:
-    """Move the shards' language-model tensors into `model` (built on meta); return the vision-tower tensors."""
+    """Move the shards' language-model tensors into `model` (built on meta), each onto its device in `placement`;
+    return the vision-tower tensors."""
     expected = {k for k in model.state_dict() if not k.startswith("model.vision_tower.")}
     params = dict(model.named_parameters())
     tower: dict[str, torch.Tensor] = {}
@@ -330,6 +356,7 @@ def _assign_weights(
             raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}")
         module_name, _, attr = key.rpartition(".")
         module = model.get_submodule(module_name)
+        device = placement.device_of(key)
         setattr(module, attr, torch.nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
         seen.add(key)
     missing = expected - seen

@@ -178,7 +178,7 @@ class SparseVLMPlan(PrefillPlan):
         rater_pos = positions[rows]
         visual_pos = positions[start : start + num_visual]
         distance = (rater_pos[:, None] - visual_pos[None, :]).abs()
-        table = gravity_table(rotary.inv_freq, int(distance.max()), rotary.attention_scaling)
+        table = gravity_table(rotary.inv_freq.to(distance.device), int(distance.max()), rotary.attention_scaling)
         corrected = probs / table[distance][None]  # quirk: R may approach 0 for distances near 1900+
         heads = min(self.method.priority_heads, corrected.shape[0])
         mass = corrected.sum(dim=(1, 2))

@@ -3,6 +3,11 @@
 Writing the loop here (instead of calling `LlamaModel.forward`) is what lets the visual part of the sequence shrink
 between layers: every layer is told its own query/key lengths, mask and rotary positions, and every layer keeps its
 own cache with its own validity mask. Without pruning it computes exactly what `LlamaModel` computes.
+
+Layers may sit on several devices (a device map, `llava.model.builder`): the loop then moves the sequence (hidden
+states, positions, token mask) and a pruning plan's row request to each layer's device when it differs from the
+previous layer's, so masks, rotary tables and cache entries are built on, and stay on, the device that uses them.
+On one device (`layer_devices` None) nothing is moved or compared per layer.
 """
 
 from __future__ import annotations
@@ -82,6 +87,29 @@ def build_attention_mask(
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+def layer_devices(text_model) -> tuple[torch.device, ...] | None:
+    """The device of each decoder layer of `text_model` when they sit on several devices, else None (the
+    `layer_devices` a loader spreading the model sets; kept in step by `LlavaLlamaModel._apply`)."""
+    return getattr(text_model, "layer_devices", None)
+
+
+def move_state(state: SequenceState, hidden: torch.Tensor, device: torch.device, move) -> SequenceState:
+    """The sequence entering a layer on `device`: `hidden` (the running hidden states) and the state's positions
+    and token mask there; `move(tensor, device)` memoises the copies that several layers share."""
+    return SequenceState(
+        hidden.to(device), move(state.position_ids, device), move(state.token_mask, device), state.has_padding
+    )
+
+
+def move_request(request, device: torch.device) -> None:
+    """Move a pruning plan's row request (a dataclass of tensors) to `device`, in place, so that the plan that
+    holds it reads the attention rows the layer writes into it."""
+    for field in dataclasses.fields(request):
+        value = getattr(request, field.name)
+        if isinstance(value, torch.Tensor) and value.device != device:
+            setattr(request, field.name, value.to(device))
+
+
 class DecoderLoop:
     """Runs a `LlamaModel`'s decoder layers over a `SequenceState`, memoising masks and rotary tables across
     layers that share them."""
@@ -91,6 +119,7 @@ class DecoderLoop:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
         self.text_model = text_model
         self.attn_implementation = attn_implementation
+        self.devices = layer_devices(text_model)  # None: every layer on one device, nothing to move
 
     def run(self, state: SequenceState, cache: DecoderCache | None, plan=None) -> torch.Tensor:
         """Prefill (cache empty or None) or one decode step; returns the final-norm hidden states [B, L, D].
@@ -108,13 +137,22 @@ class DecoderLoop:
         # memo is keyed by the identity of the tensor they share, and holds that tensor so its id stays unique.
         memo: dict[tuple, tuple[torch.Tensor, object]] = {}
 
-        def shared(kind: str, source: torch.Tensor, make, *args):
+        def shared(kind, source: torch.Tensor, make, *args):
             key = (kind, id(source))
             if key not in memo:
                 memo[key] = (source, make(*args))
             return memo[key][1]
 
+        def move(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+            return shared(("to", device), tensor, tensor.to, device)
+
+        devices = self.devices
+        here = None if devices is None else hidden.device
         for idx, layer in enumerate(layers):
+            if devices is not None and devices[idx] != here:
+                here = devices[idx]
+                state = move_state(state, hidden, here, move)
+                hidden = state.hidden_states
             if decoding:
                 past_mask, past_position = cache.key_mask[idx], cache.next_position[idx]
                 key_mask = shared("keys", past_mask, torch.cat, [past_mask, state.token_mask], 1)
@@ -136,6 +174,8 @@ class DecoderLoop:
             )
             position_embeddings = shared("rotary", positions, self.text_model.rotary_emb, hidden, positions)
             request = plan.enter_layer(idx, state) if plan is not None else None
+            if request is not None and devices is not None:
+                move_request(request, here)
             extra = {} if request is None else {"rows_request": request}
             hidden = layer(
                 hidden,

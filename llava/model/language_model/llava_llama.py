@@ -39,6 +39,17 @@ class LlavaLlamaModel(nn.Module):
         else:
             self.image_newline = None
         self.vision_tower = None
+        # Per decoder layer, its device when the layers sit on several devices (set by the loader for a device map;
+        # None: one device). The decoder loop moves the hidden state between layers that differ.
+        self.layer_devices: tuple[torch.device, ...] | None = None
+
+    def _apply(self, fn, recurse=True):
+        """`.to()` / `.cuda()` / `.half()`: keep `layer_devices` true to where the layers now are."""
+        module = super()._apply(fn, recurse)
+        if self.layer_devices is not None:
+            devices = tuple(next(layer.parameters()).device for layer in self.layers)
+            self.layer_devices = None if len(set(devices)) == 1 else devices
+        return module
 
     def reset_rotary(self, config: LlavaConfig, device: torch.device | str) -> None:
         """Rebuild the (non-persistent) rotary table, e.g. after the model was created on the meta device."""
@@ -65,6 +76,7 @@ class LlavaLlamaForCausalLM(nn.Module):
         self.set_attn_implementation(attn_implementation)
         self.pruning = PruningMethod()
         self.last_accounts: list[SampleAccount] = []  # efficiency accounting of the last generate() call
+        self.device_map: dict[str, torch.device] | None = None  # module -> device when loaded over several devices
 
     # -- LLaVA-compatible accessors ---------------------------------------------------------------------------
     def get_model(self) -> LlavaLlamaModel:
@@ -75,7 +87,13 @@ class LlavaLlamaForCausalLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where logits come out (lm_head's device); the one device of a model that is not spread by a device map."""
         return self.lm_head.weight.device
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids and images go in (embed_tokens' device, with the vision tower and the first layer)."""
+        return self.model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -129,20 +147,21 @@ class LlavaLlamaForCausalLM(nn.Module):
         image_sizes=None,
     ) -> MultimodalInputs:
         encoded = None
+        device = self.input_device
         if images is not None:
             if isinstance(images, torch.Tensor):
-                images = images.to(self.device)
+                images = images.to(device)
             else:
-                images = [image.to(self.device) for image in images]
+                images = [image.to(device) for image in images]
             encoded = self.encode_images(images, image_sizes)
         if isinstance(input_ids, torch.Tensor):
-            input_ids = input_ids.to(self.device)
+            input_ids = input_ids.to(device)
             if input_ids.dim() == 1:
                 input_ids = input_ids[None]
         else:
-            input_ids = [ids.to(self.device) for ids in input_ids]
+            input_ids = [ids.to(device) for ids in input_ids]
         if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device)
+            attention_mask = attention_mask.to(device)
         features = None if encoded is None else [image.features for image in encoded]
         inputs = splice_image_features(
             input_ids, attention_mask, features, self.model.embed_tokens, self.config.tokenizer_model_max_length
@@ -177,6 +196,8 @@ class LlavaLlamaForCausalLM(nn.Module):
 
     def decode_step(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits [B, V] for one new token per sample, appended to `cache`."""
+        if self.model.layer_devices is not None:  # the ids come from the logits, on the last layer's device
+            token_ids = token_ids.to(self.input_device)
         embeds = self.model.embed_tokens(token_ids[:, None])
         mask = torch.ones_like(token_ids, dtype=torch.bool)[:, None]
         state = SequenceState(embeds, torch.zeros_like(token_ids)[:, None], mask, False)
