@@ -45,6 +45,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--attn-implementation", type=str, default=None, choices=["eager", "sdpa", "flash_attention_2"])
     parser.add_argument("--use-flash-attn", action="store_true", help="same as --attn-implementation flash_attention_2")
+    parser.add_argument(
+        "--image-grid-pinpoints",
+        type=str,
+        default=None,
+        help="LLaVA-NeXT: override the checkpoint's anyres resolutions, e.g. '[[672,672]]' (every image at 672x672, "
+        "as FasterVLM's authors ran their NeXT numbers)",
+    )
+    parser.add_argument(
+        "--anyres-rule",
+        choices=("llava", "hf"),
+        default=None,
+        help="LLaVA-NeXT grid selection and unpadding: the original LLaVA code's (default) or transformers'",
+    )
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
     add_pruning_args(parser)
@@ -71,4 +84,6 @@ def load_from_args(args: argparse.Namespace):
         attn_implementation=args.attn_implementation,
         pruning=pruning_from_args(args),
         max_memory=parse_max_memory(getattr(args, "max_memory", None)),
+        image_grid_pinpoints=getattr(args, "image_grid_pinpoints", None),
+        anyres_rule=getattr(args, "anyres_rule", None),
     )

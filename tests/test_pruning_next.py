@@ -258,3 +258,19 @@ def test_next_budget_flags():
         _parse("--retained-tokens", "64", "--retained-ratio", "0.1")()
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         _parse("--method", "random", "--retained-ratio", "1.5")()
+
+
+def test_fixed_672_pinpoints_give_every_image_five_views(tiny_next):
+    """FasterVLM's authors ran NeXT at a fixed 672x672 (their issue #8): --image-grid-pinpoints '[[672,672]]'."""
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(
+        str(tiny_next), device="cpu", pruning=FasterVLM(None, view_tokens=29), image_grid_pinpoints="[[672,672]]"
+    )
+    for size in [(1008, 336), (300, 200), (640, 480)]:
+        image = random_image(0, size)
+        px = process_images([image], processor, model.config)
+        out = model.prefill(prompt_ids(tokenizer, QUESTIONS[0])[None], px, image_sizes=[image.size], use_cache=False)
+        assert tuple(px.shape[:2]) == (1, 5) and out.accounts[0].num_visual == 145
+    with pytest.raises(ValueError, match="anyres"):
+        load_pretrained_model(str(tiny_next), device="cpu", pruning=None, anyres_rule="fastervlm")

@@ -195,14 +195,18 @@ def load_pretrained_model(
     attn_implementation: str | None = None,
     pruning="env",
     max_memory: dict | None = None,
+    image_grid_pinpoints=None,
+    anyres_rule: str | None = None,
     **kwargs,
 ):
     """Load a LLaVA checkpoint. Returns `(tokenizer, model, image_processor, context_len)` like LLaVA.
 
     dtype: model dtype (default float16 on CUDA, float32 on CPU). vision_dtype: CLIP dtype (default float32, what
     LLaVA HEAD and SparseVLM run; pass float16 to reproduce the LLaVA-1.5 paper's tower). vision_tower: a folder or
-    Hub id overriding config.json's `mm_vision_tower`. attn_implementation: eager, sdpa (default) or
-    flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of the same). pruning: a
+    Hub id overriding config.json's `mm_vision_tower`. image_grid_pinpoints / anyres_rule (LLaVA-NeXT): override
+    the checkpoint's anyres resolutions (a list or its string form) and the grid/unpad rules ("llava", "hf").
+    attn_implementation: eager, sdpa (default) or flash_attention_2 (`use_flash_attn=True` is LLaVA's spelling of
+    the same). pruning: a
     `llava.sparse.engine.PruningMethod`, None for the unpruned model, or "env" (default) for what the environment
     asks for (`METHOD`, `RETAIN_TOKN`, `USE_VERSION`; see `llava.sparse.methods`), read now, not at import.
 
@@ -228,6 +232,7 @@ def load_pretrained_model(
     impl = resolve_attn_implementation(attn_implementation, use_flash_attn, None if explicit_map else target)
 
     config = LlavaConfig.from_pretrained(model_dir)
+    config.override_anyres(image_grid_pinpoints, anyres_rule)
     base_dir = locate_model(model_base) if model_base else model_dir
     tokenizer = load_tokenizer(base_dir, config.text_config)
 

@@ -165,6 +165,20 @@ class LlavaConfig:
         config._check_anyres(source)
         return config
 
+    def override_anyres(self, pinpoints=None, rule: str | None = None) -> None:
+        """A user's anyres settings over the checkpoint's (pinpoints as a list or its string form)."""
+        if rule is not None:
+            from llava.model.anyres import GRID_RULES
+
+            if rule not in GRID_RULES[:2]:
+                raise ValueError(f"anyres_rule {rule!r}: use 'llava' or 'hf'")
+            self.anyres_rule = rule
+        if pinpoints is not None:
+            if not self.is_anyres:
+                raise ValueError("image_grid_pinpoints applies to LLaVA-NeXT (anyres) checkpoints only")
+            self.image_grid_pinpoints = pinpoints
+            self._check_anyres("image_grid_pinpoints override")
+
     def _check_anyres(self, source: str) -> None:
         if self.image_aspect_ratio != "anyres":
             return
