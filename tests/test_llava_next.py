@@ -339,3 +339,11 @@ def test_flat_and_spatial_merges_order_the_views_projected_features(loaded_next,
         grid = views[1:].view(1, 3, 24, 24, -1).permute(0, 2, 1, 3, 4).reshape(-1, views.shape[-1])
         expected = torch.cat([views[0], grid])
     torch.testing.assert_close(block, expected)
+
+
+def test_one_view_per_image_follows_llava_merge_rules(loaded_next):
+    """A 4-D batch is one plain view per image (no merge); a one-view image given as views gets the newline."""
+    _, model, processor, _ = loaded_next
+    px = process_images([random_image(0, (640, 480))], processor, model.config)[:, :1]  # [1, 1, 3, H, W]
+    assert len(model.encode_images(px[:, 0])[0].features) == 576
+    assert len(model.encode_images(px, image_sizes=[(640, 480)])[0].features) == 577

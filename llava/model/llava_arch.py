@@ -88,6 +88,8 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
     each merged block to keep first, so only those are projected; the merge order is kept. Newline tokens are
     the checkpoint's `image_newline` embedding."""
     tower, projector = model.model.vision_tower, model.model.mm_projector
+    # LLaVA merges views only for a 5-D tensor or a list; a 4-D batch is one plain view per image (no newline)
+    plain = isinstance(images, torch.Tensor) and images.dim() == 4
     views = as_views(images)
     if image_sizes is not None and len(image_sizes) != len(views):
         raise ValueError(f"{len(views)} images but {len(image_sizes)} image_sizes; give one (width, height) per image")
@@ -101,7 +103,10 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
     side = tower.num_patches_per_side
     layouts, selected = [], []
     for i, (feats, cls_row) in enumerate(zip(features.split([len(v) for v in views]), cls_per_image, strict=True)):
-        full = image_layout(model.config, len(feats), side, tower.config.image_size, _size(image_sizes, i))
+        if plain:
+            full = single_view_layout(side)
+        else:
+            full = image_layout(model.config, len(feats), side, tower.config.image_size, _size(image_sizes, i))
         keep = None if pruning is None else pruning.select_tokens(full, feats, cls_row)
         tokens = full if keep is None else full.select(keep)
         layouts.append((tokens, len(full)))
