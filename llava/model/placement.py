@@ -199,11 +199,26 @@ def resolve_placement(
     if device_map is None or not spread:
         return Placement((target,) * num_layers)
     if max_memory is not None:
-        max_memory = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in max_memory.items()}
+        max_memory = {_cuda_index(key): value for key, value in max_memory.items()}
     from llava.model.builder import resolve_dtype
 
     dtype = resolve_dtype(dtype_hint, torch.device("cuda") if torch.cuda.is_available() else target)
     return placement_from_strategy(model, device_map, max_memory, dtype)
+
+
+def _cuda_index(value):
+    """A digit string as an int (a CUDA index, as accelerate writes them); anything else as it is."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def _json_object(text: str, flag: str, what: str) -> dict:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} is not valid JSON ({err}); give an object {what}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{flag} must be a JSON object {what}")
+    return raw
 
 
 def parse_device_map(text: str | None):
@@ -211,23 +226,13 @@ def parse_device_map(text: str | None):
     digit strings are CUDA indices)."""
     if text is None or not text.lstrip().startswith("{"):
         return text
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--device-map is not valid JSON ({err}); give an object module -> device") from None
-    if not isinstance(raw, dict):
-        raise ValueError("--device-map must be a strategy name or a JSON object module -> device")
-    return {key: int(value) if isinstance(value, str) and value.isdigit() else value for key, value in raw.items()}
+    raw = _json_object(text, "--device-map", "module -> device (or a strategy name)")
+    return {key: _cuda_index(value) for key, value in raw.items()}
 
 
 def parse_max_memory(text: str | None) -> dict | None:
     """A --max-memory value: JSON object device -> size, e.g. '{"0": "30GiB", "1": "40GiB", "cpu": "100GiB"}'."""
     if text is None:
         return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--max-memory is not valid JSON ({err}); give an object device -> size") from None
-    if not isinstance(raw, dict):
-        raise ValueError('--max-memory must be a JSON object: device -> size, e.g. \'{"0": "30GiB"}\'')
-    return {int(key) if key.isdigit() else key: value for key, value in raw.items()}
+    raw = _json_object(text, "--max-memory", 'device -> size, e.g. \'{"0": "30GiB"}\'')
+    return {_cuda_index(key): value for key, value in raw.items()}
