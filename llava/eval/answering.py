@@ -61,6 +61,19 @@ def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) ->
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (temperature > 0)")
 
 
+def image_mode(args: argparse.Namespace, config) -> str:
+    """How images are preprocessed: `--image-mode` if given; else anyres for LLaVA-NeXT checkpoints; else the
+    generator's own LLaVA-1.5 mode (`legacy_image_mode`, e.g. Q-Bench's crop); else the checkpoint's pad, or crop."""
+    if args.image_mode:
+        return args.image_mode
+    if config.image_aspect_ratio == "anyres":
+        return "anyres"
+    legacy = getattr(args, "legacy_image_mode", None)
+    if legacy:
+        return legacy
+    return "pad" if config.image_aspect_ratio == "pad" else "crop"
+
+
 def distributed_chunk(args: argparse.Namespace) -> None:
     """Under torchrun, each process takes chunk RANK of WORLD_SIZE, writes `<answers>.chunks/N_k.jsonl` and uses
     GPU LOCAL_RANK; `python -m llava.eval.merge_chunks` then joins the chunks in question order."""
@@ -112,9 +125,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
         return Path(args.answers_file)
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
     model_id = get_model_name_from_path(args.model_path)
-    mode = args.image_mode or (
-        model.config.image_aspect_ratio if model.config.image_aspect_ratio in ("pad", "anyres") else "crop"
-    )
+    mode = image_mode(args, model.config)
     method = model.pruning.describe()
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     from tqdm import tqdm

@@ -2,11 +2,14 @@
 # Sourced by every benchmark script: the model, the pruning method and its tag, the device count, and `generate`.
 #
 #   CKPT        model folder or Hub id                 (default liuhaotian/llava-v1.5-7b)
-#   METHOD      none|sparsevlm|fastv|fastervlm|random|uniform (default: sparsevlm if RETAIN_TOKN or USE_VERSION
-#               is set, else none)
+#   METHOD      none|sparsevlm|fastv|fastervlm|random|uniform (default: sparsevlm if RETAIN_TOKN, RETAIN_RATIO or
+#               USE_VERSION is set, else none)
 #   RETAIN_TOKN token budget (default 192); USE_VERSION SparseVLM version 1_0 (default) or 2_0
+#   RETAIN_RATIO budget as a fraction of each image's visual tokens instead (tag "<method>-ratio<R>")
 #   EXTRA_ARGS  more generator flags, e.g. "--fastv-k 3 --vision-tower /ckpt/clip-vit-large-patch14-336"
-#   TAG         name of the answer file (default from METHOD / USE_VERSION / RETAIN_TOKN), so runs never collide
+#   TAG         name of the answer file (default <method>[-<version>]<TAG_VARIANT>-<budget>, from METHOD /
+#               USE_VERSION / RETAIN_TOKN, e.g. sparsevlm-1_0-192, fastv-144), so runs never collide
+#   TAG_VARIANT set by wrappers for settings that change results (scripts/v1_6/eval: "-fixed672", "-prunenl", ...)
 #   BATCH_SIZE  questions per forward pass (default 1, the reference protocol)
 #   NPROC       processes = GPUs (default: visible CUDA devices, or 1); >1 runs through torchrun, then merges
 #   EVAL_DIR    benchmark data root (default ./playground/data/eval, the layout of LLaVA's Evaluation.md)
@@ -21,13 +24,15 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 PYTHON=${PYTHON:-python}
 
 if [ -z "${METHOD:-}" ]; then
-    if [ -n "${RETAIN_TOKN:-}${USE_VERSION:-}" ]; then METHOD=sparsevlm; else METHOD=none; fi
+    if [ -n "${RETAIN_TOKN:-}${RETAIN_RATIO:-}${USE_VERSION:-}" ]; then METHOD=sparsevlm; else METHOD=none; fi
 fi
 export METHOD
+BUDGET_LABEL=${RETAIN_TOKN:-192}
+if [ -n "${RETAIN_RATIO:-}" ]; then BUDGET_LABEL="ratio$RETAIN_RATIO"; fi
 case "$METHOD" in
-    none) DEFAULT_TAG=none ;;
-    sparsevlm) DEFAULT_TAG="sparsevlm-${USE_VERSION:-1_0}-${RETAIN_TOKN:-192}" ;;
-    *) DEFAULT_TAG="${METHOD}-${RETAIN_TOKN:-192}" ;;
+    none) DEFAULT_TAG="none${TAG_VARIANT:-}" ;;
+    sparsevlm) DEFAULT_TAG="sparsevlm-${USE_VERSION:-1_0}${TAG_VARIANT:-}-$BUDGET_LABEL" ;;
+    *) DEFAULT_TAG="${METHOD}${TAG_VARIANT:-}-$BUDGET_LABEL" ;;
 esac
 TAG=${TAG:-$DEFAULT_TAG}
 

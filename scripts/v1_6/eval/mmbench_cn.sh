@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# LLaVA-NeXT: scripts/v1_5/eval/mmbench_cn.sh with the NeXT defaults and the budget argument of next.sh.
+# MMBench-CN dev: local circular accuracy, plus the xlsx for the OpenCompass server.
+source "$(dirname "$0")/next.sh"
+exec bash "$(dirname "$0")/../../v1_5/eval/mmbench_cn.sh"
