@@ -2,16 +2,30 @@
 
     python -m llava.bench --shape cpu                   # LLaVA-7B's 32 layers at hidden 1024 (CPU-sized)
     python -m llava.bench --shape llava-v1.5-7b --dtype float16 --attn sdpa flash_attention_2   # on a GPU
+    python -m llava.bench --shape cpu-next              # the same widths as a LLaVA-NeXT checkpoint, 2,928 tokens
+    python -m llava.bench --shape llava-v1.6-7b --dtype float16 --attn sdpa flash_attention_2   # NeXT-7B, on a GPU
     python -m llava.bench --smoke                       # seconds: tiny shape, every row and column
+    python -m llava.bench --shape cpu-next --smoke      # the same for the tiny NeXT shape
 
 Random-weight models of the named shape are written in the real checkpoint format and loaded through
 `load_pretrained_model`; random weights give true timings because every budget here fixes the token counts. The
 same LLaVA-1.5 prompt (vicuna_v1 system prompt, 576 visual tokens, a short question) runs unpruned and with
 SparseVLM v1.5 / v2.0, FastV (K=2), FasterVLM and random pruning at 192 / 128 / 64 tokens. Runs are interleaved in
 one process (warm-up, then `--repeats` rounds over all rows), and medians are compared, so a noisy machine does not
-bias the ratios. Per row: equal tokens, decoder FLOPs ratio to unpruned (the ideal), measured decoder-prefill
-latency ratio, overhead = measured / ideal - 1, time to first token (vision tower included), decode ms per token,
-KV-cache MB, peak memory (CUDA max allocated, or peak RSS growth on CPU), and batch 1 / batch 8 answers per second.
+bias the ratios.
+
+NeXT shapes (`llava-v1.6-7b`, `cpu-next`, `tiny-next`: the same widths, written as an original-format LLaVA-NeXT
+checkpoint with anyres, `spatial_unpad`, the tower and `image_newline` inside) run the same code on a 672x672 image:
+LLaVA-1.6's largest grid (2x2 crops), 2,928 visual tokens unpruned (five views of 576 = the papers' nominal 2,880
+patches, nothing unpadded for a square image, plus 48 newline tokens), prompted and merged as LLaVA does
+(`process_images` with the model's config, `image_sizes`). Budgets there are totals against the nominal 2,880
+(`llava.sparse.budget`; newline tokens come on top): 640 / 320 / 240, not the papers' 160, which SparseVLM cannot
+reach: it prunes after layer 2, so layers 0-1 alone average 2 x 2,880 / 32 = 180 equal tokens, and its lowest
+totals are 200 (v1.5, keeping 1 token per view at layer 2) and 185 (v2.0). 240 is 48 per view.
+
+Per row: equal tokens, decoder FLOPs ratio to unpruned (the ideal), measured decoder-prefill latency ratio,
+overhead = measured / ideal - 1, time to first token (vision tower included), decode ms per token, KV-cache MB, peak
+memory (CUDA max allocated, or peak RSS growth on CPU), and answers per second at each `--batches` size (1 and 8).
 Results: `<out>/<shape>.json`, `.md` and `.png`.
 """
 
@@ -22,7 +36,9 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -35,19 +51,37 @@ SHAPES = {
     "llava-v1.5-13b": (5120, 40, 40, 40, 13824, 32000, 1024, 24, 16, 4096),
     "cpu": (1024, 32, 8, 8, 2752, 32000, 256, 24, 4, 1024),
     "tiny": (64, 32, 4, 4, 172, 512, 32, 3, 4, 128),
+    # LLaVA-NeXT (anyres) checkpoints of the same widths: Vicuna-7B + CLIP-L/336, and the CPU / tiny sizes
+    "llava-v1.6-7b": (4096, 32, 32, 32, 11008, 32000, 1024, 24, 16, 4096),
+    "cpu-next": (1024, 32, 8, 8, 2752, 32000, 256, 24, 4, 1024),
+    "tiny-next": (64, 32, 4, 4, 172, 512, 32, 3, 4, 128),
 }
-BUDGETS = (192, 128, 64)
+NEXT_SHAPES = frozenset({"llava-v1.6-7b", "cpu-next", "tiny-next"})
+BUDGETS = (192, 128, 64)  # LLaVA-1.5: of 576 visual tokens
+# LLaVA-NeXT: totals against the nominal 2,880 (five views of 576), scaled to the image's own count: the papers'
+# 640 / 320, and 240 (48 per view) for their 160, which SparseVLM cannot reach (see the module docstring).
+NEXT_BUDGETS = (640, 320, 240)
+IMAGE_SIZE = (320, 240)  # LLaVA-1.5 pads it to a square: 576 tokens whatever its size
+NEXT_IMAGE_SIZE = (672, 672)  # LLaVA-1.6's largest 2x2 grid: 576 + 48 x (48 + 1 newline) = 2,928 tokens
 QUESTION = "What is the color of the bus in the image?\nAnswer the question using a single word or phrase."
 
 
-def methods() -> list[tuple[str, object]]:
+def is_next(shape: str) -> bool:
+    return shape in NEXT_SHAPES
+
+
+def budgets_for(shape: str) -> tuple[int, ...]:
+    return NEXT_BUDGETS if is_next(shape) else BUDGETS
+
+
+def methods(budgets: tuple[int, ...] = BUDGETS) -> list[tuple[str, object]]:
     from llava.sparse.engine import PruningMethod
     from llava.sparse.fastv import FastV
     from llava.sparse.pre_llm import FasterVLM, RandomPruning
     from llava.sparse.sparsevlm import SparseVLM
 
     rows = [("none", PruningMethod())]
-    for budget in BUDGETS:
+    for budget in budgets:
         rows += [
             (f"sparsevlm-1_0-{budget}", SparseVLM("1_0", budget)),
             (f"sparsevlm-2_0-{budget}", SparseVLM("2_0", budget)),
@@ -81,6 +115,7 @@ def write_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
         num_kv_heads=kv,
         num_shards=4,
         dtype=dtype,
+        next=is_next(shape),
     )
 
 
@@ -133,14 +168,14 @@ class Sample:
     peak_mb: float
 
 
-def measure(model, ids, pixels, new_tokens: int) -> tuple[Sample, object]:
+def measure(model, ids, pixels, image_size, new_tokens: int) -> tuple[Sample, object]:
     """One generation of `new_tokens` tokens: decoder-prefill time, time to first token, decode time per token."""
     from llava.sparse.accounting import Timer
 
     device = model.device
     with PeakMemory(device) as memory, torch.inference_mode():
         with Timer(device) as first:
-            prefill = model.prefill(ids, pixels)
+            prefill = model.prefill(ids, pixels, image_sizes=[image_size])
             token = model.lm_head(prefill.hidden_states[:, -1]).float().argmax(-1)
         with Timer(device) as rest:
             for _ in range(new_tokens - 1):
@@ -150,20 +185,24 @@ def measure(model, ids, pixels, new_tokens: int) -> tuple[Sample, object]:
     return Sample(account.prefill_ms, first.ms, decode, memory.mb), account
 
 
-def throughput(model, ids, pixels, batch: int, new_tokens: int) -> float:
+def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> float:
     """Answers per second generating `new_tokens` tokens for a batch of identical requests."""
     from llava.sparse.accounting import Timer
 
     with Timer(model.device) as t:
         model.generate(
-            [ids[0]] * batch, images=pixels.expand(batch, -1, -1, -1), max_new_tokens=new_tokens, eos_token_id=-1
+            [ids[0]] * batch,
+            images=pixels.expand(batch, *pixels.shape[1:]),  # [B, 3, H, W], or NeXT's [B, views, 3, H, W]
+            image_sizes=[image_size] * batch,
+            max_new_tokens=new_tokens,
+            eos_token_id=-1,
         )
     return batch / (t.ms / 1e3)
 
 
 def run(args) -> dict:
     from llava.conversation import get_conv_template
-    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.mm_utils import process_images, to_device, tokenizer_image_token
     from llava.model.builder import load_pretrained_model
     from llava.testing.images import random_image
 
@@ -173,9 +212,14 @@ def run(args) -> dict:
     model_dir = workdir / f"bench-{args.shape}"
     if not (model_dir / "config.json").is_file():
         model_dir = write_checkpoint(args.shape, workdir, dtype)
+    image = random_image(0, NEXT_IMAGE_SIZE if is_next(args.shape) else IMAGE_SIZE)
     results = {
         "shape": args.shape,
         "dims": SHAPES[args.shape],
+        "next": is_next(args.shape),
+        "image_size": list(image.size),
+        "budgets": list(budgets_for(args.shape)),
+        "batches": list(args.batches),
         "dtype": args.dtype,
         "device": _device_name(args),
         "torch": torch.__version__,
@@ -185,20 +229,31 @@ def run(args) -> dict:
     }
     for attn in args.attn:
         tokenizer, model, processor, _ = load_pretrained_model(
-            str(model_dir), device=args.device, dtype=dtype, vision_dtype=dtype, attn_implementation=attn, pruning=None
+            str(model_dir),
+            device=args.device,
+            device_map=None,  # one device: the timings are per GPU
+            dtype=dtype,
+            vision_dtype=dtype,
+            attn_implementation=attn,
+            pruning=None,
         )
         conv = get_conv_template("vicuna_v1")
         conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None].to(model.device)
-        pixels = process_images([random_image(0)], processor, model.config).to(model.device, dtype)
-        rows = methods()
+        rows = methods(budgets_for(args.shape))
+        # The pixels as the model's config asks for them once the method is set (on NeXT, FasterVLM's reference
+        # mode brings its own grid rule); processed outside the timed region.
+        pixels = {}
+        for name, method in rows:
+            model.set_pruning(method)
+            pixels[name] = to_device(process_images([image], processor, model.config), model.device, dtype)
         samples: dict[str, list[Sample]] = {name: [] for name, _ in rows}
         accounts = {}
         for round_ in range(args.warmup + args.repeats):
             for name, method in rows:
                 model.set_pruning(method)
-                sample, account = measure(model, ids, pixels, args.new_tokens)
+                sample, account = measure(model, ids, pixels[name], image.size, args.new_tokens)
                 if round_ >= args.warmup:
                     samples[name].append(sample)
                     accounts[name] = account
@@ -207,9 +262,10 @@ def run(args) -> dict:
             model.set_pruning(method)
             tput[name] = {
                 b: statistics.median(
-                    throughput(model, ids, pixels, b, args.new_tokens) for _ in range(max(1, args.repeats // 5))
+                    throughput(model, ids, pixels[name], image.size, b, args.new_tokens)
+                    for _ in range(max(1, args.repeats // 5))
                 )
-                for b in (1, 8)
+                for b in args.batches
             }
         model.set_pruning(None)
         base = accounts["none"]
@@ -235,8 +291,7 @@ def run(args) -> dict:
                     "decode_ms_per_token": statistics.median(s.decode_ms_per_token for s in runs),
                     "kv_cache_mb": account.kv_cache_bytes / 2**20,
                     "peak_mb": statistics.median(s.peak_mb for s in runs),
-                    "answers_per_s_b1": tput[name][1],
-                    "answers_per_s_b8": tput[name][8],
+                    **{f"answers_per_s_b{b}": tput[name][b] for b in args.batches},
                 }
             )
         results["tables"][attn] = table
@@ -251,26 +306,33 @@ def _device_name(args) -> str:
 
 
 def markdown(results: dict) -> str:
+    w, h = results.get("image_size", IMAGE_SIZE)
+    family = "LLaVA-NeXT checkpoint (anyres, spatial_unpad)" if results.get("next") else "LLaVA-1.5 checkpoint"
+    budgets = ", ".join(map(str, results.get("budgets", BUDGETS)))
     out = [
-        f"Shape `{results['shape']}` {results['dims']}, {results['dtype']}, {results['device']}, torch "
-        f"{results['torch']}, {results['threads']} threads, median of {results['repeats']} interleaved runs.",
+        f"Shape `{results['shape']}` {tuple(results['dims'])}, {family}, {w}x{h} image, budgets {budgets}, "
+        f"{results['dtype']}, {results['device']}, torch {results['torch']}, {results['threads']} threads, "
+        f"median of {results['repeats']} interleaved runs.",
         "",
     ]
+    if "command" in results:
+        out += [f"`{results['command']}`", ""]
+    batches = results.get("batches", [1, 8])
     for attn, table in results["tables"].items():
         out += [
             f"**{attn}**",
             "",
             "| method | equal tokens | FLOPs ratio (ideal) | prefill ms | latency ratio | overhead | method ms "
-            "| TTFT ms | decode ms/token | KV MB | peak MB | answers/s b1 | answers/s b8 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| TTFT ms | decode ms/token | KV MB | peak MB |" + "".join(f" answers/s b{b} |" for b in batches),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(batches),
         ]
         for r in table:
             out.append(
                 f"| {r['method']} | {r['equal_tokens']:.2f} | {r['flops_ratio']:.3f} | {r['prefill_ms']:.1f} | "
                 f"{r['latency_ratio']:.3f} | {100 * r['overhead']:+.1f}% | {_fmt_ms(r['method_ms'])} | "
                 f"{r['ttft_ms']:.1f} | "
-                f"{r['decode_ms_per_token']:.2f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} | "
-                f"{r['answers_per_s_b1']:.2f} | {r['answers_per_s_b8']:.2f} |"
+                f"{r['decode_ms_per_token']:.2f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} |"
+                + "".join(f" {r[f'answers_per_s_b{b}']:.2f} |" for b in batches)
             )
         out.append("")
     return "\n".join(out)
@@ -311,13 +373,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument(
+        "--batches", type=int, nargs="*", default=[1, 8], help="batch sizes for answers/s (none: skip throughput)"
+    )
     parser.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
     parser.add_argument("--out", type=Path, default=Path("assets/bench"))
-    parser.add_argument("--smoke", action="store_true", help="tiny shape, one run: checks the benchmark itself")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shape of --shape's kind, one run: checks the benchmark itself"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.shape, args.repeats, args.warmup, args.new_tokens = "tiny", 1, 0, 2
+        args.shape = "tiny-next" if is_next(args.shape) else "tiny"
+        args.repeats, args.warmup, args.new_tokens = 1, 0, 2
     results = run(args)
+    results["command"] = shlex.join(["python", "-m", "llava.bench", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{args.shape}-{args.dtype}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))

@@ -24,3 +24,40 @@ def test_smoke_run_has_every_row_and_sane_numbers(tmp_path):
     assert saved["tables"]["sdpa"][0]["method"] == "none"
     assert (tmp_path / "tiny-float32.md").read_text().count("\n| ") == len(table) + 1
     assert (tmp_path / "tiny-float32.png").stat().st_size > 0
+
+
+def test_next_smoke_prunes_the_anyres_block(tmp_path):
+    """The NeXT path at toy size: a LLaVA-NeXT checkpoint, a 672x672 image, budgets as totals of 2,880."""
+    argv = ["--shape", "cpu-next", "--smoke", "--batches", "1", "--out", str(tmp_path), "--workdir", str(tmp_path)]
+    results = bench.main(argv)
+    assert results["shape"] == "tiny-next" and results["next"] and results["image_size"] == [672, 672]
+    table = results["tables"]["sdpa"]
+    assert [r["method"] for r in table] == [name for name, _ in bench.methods(bench.NEXT_BUDGETS)]
+    by_name = {r["method"]: r for r in table}
+    # anyres: 672x672 picks the 2x2 grid of 336 crops; base view 24x24, grid 48x48 (a square: nothing unpadded)
+    # with one newline token per row
+    side = 336 // 14
+    rows = cols = 2 * side
+    unpruned = side * side + rows * (cols + 1)
+    assert unpruned == 2928
+    none = by_name["none"]
+    assert none["visual_tokens"] == [unpruned] and none["equal_tokens"] == unpruned and none["flops_ratio"] == 1
+    for budget in bench.NEXT_BUDGETS:
+        # FasterVLM's reference mode: budget / 5 per view, 'spatial' merge (5 x 576 patches, no newline tokens)
+        assert by_name[f"fastervlm-{budget}"]["visual_tokens"] == [5 * side * side, budget]
+        # random keeps the same share of each view in the checkpoint's merge, newline tokens kept
+        assert by_name[f"random-{budget}"]["visual_tokens"] == [unpruned, budget + rows]
+        # FastV: layers 0-1 see every token, then budget + newlines
+        fastv = by_name[f"fastv-{budget}"]
+        assert fastv["visual_tokens"] == [unpruned, budget + rows]
+        assert fastv["equal_tokens"] == (2 * unpruned + 30 * (budget + rows)) / 32
+        for version in ("1_0", "2_0"):  # equal tokens: the budget (scaled from a 576-token schedule) + newlines
+            sparse = by_name[f"sparsevlm-{version}-{budget}"]
+            assert sparse["visual_tokens"][0] == unpruned and len(sparse["visual_tokens"]) == 4
+            assert abs(sparse["equal_tokens"] - rows - budget) <= 0.02 * budget
+    for r in table[1:]:
+        assert 0 < r["flops_ratio"] < 1 and r["tflops"] < none["tflops"]
+        assert r["kv_cache_mb"] < none["kv_cache_mb"] and r["latency_ratio"] > 0 and r["answers_per_s_b1"] > 0
+        assert "answers_per_s_b8" not in r
+    assert (tmp_path / "tiny-next-float32.md").read_text().count("\n| ") == len(table) + 1
+    assert (tmp_path / "tiny-next-float32.png").stat().st_size > 0
