@@ -274,3 +274,9 @@ def test_fixed_672_pinpoints_give_every_image_five_views(tiny_next):
         assert tuple(px.shape[:2]) == (1, 5) and out.accounts[0].num_visual == 145
     with pytest.raises(ValueError, match="anyres"):
         load_pretrained_model(str(tiny_next), device="cpu", pruning=None, anyres_rule="fastervlm")
+
+
+def test_unreachable_next_budget_says_it_in_the_users_units(loaded_next32):
+    _, model, _, _ = loaded_next32
+    with pytest.raises(ValueError, match=r"RETAIN_TOKN=160 of 2880 .* 32 per 576-token view"):
+        model.set_pruning(SparseVLM("1_0", 160))

@@ -100,7 +100,14 @@ class SparseVLM(PruningMethod):
         if view_tokens == nominal == num_visual:
             return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
         per_view = round(self.retained_tokens * view_tokens / nominal)
-        base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers)
+        try:
+            base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers)
+        except ValueError as err:
+            raise ValueError(
+                f"RETAIN_TOKN={self.retained_tokens} of {nominal} nominal visual tokens is {per_view} per "
+                f"{view_tokens}-token view, which SparseVLM's schedules cannot reach ({err}). "
+                f"Scale that per-view range by {nominal // view_tokens} for the totals that work."
+            ) from None
         return tuple(max(1, min(num_visual - 1, round(c * num_visual / view_tokens))) for c in base)
 
     def validate(self, model) -> None:
