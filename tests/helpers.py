@@ -139,8 +139,9 @@ def write_mme(eval_dir, n: int = 2) -> None:
     _write_jsonl(root / "llava_mme.jsonl", rows)
 
 
-def _mmbench_tsv(path, n: int, question: str) -> None:
-    """n rows: n // 2 questions, each with its circular copy (options shifted, index + 1,000,000)."""
+def mmbench_tsv(path, n: int, question: str, hint=float("nan"), image_size=None) -> None:
+    """An MMBench TSV of n rows: n // 2 questions, each with its circular copy (options shifted, index +
+    1,000,000)."""
     import base64
     import io
 
@@ -149,14 +150,14 @@ def _mmbench_tsv(path, n: int, question: str) -> None:
     rows = []
     for base in range(max(1, n // 2)):
         buffer = io.BytesIO()
-        random_image(base, size=BENCH_IMAGE_SIZE).save(buffer, format="PNG")
+        random_image(base, size=image_size or BENCH_IMAGE_SIZE).save(buffer, format="PNG")
         for shift in range(2):
             options = ["cat", "dog"] if shift == 0 else ["dog", "cat"]
             rows.append(
                 {
                     "index": base + shift * 1_000_000,
                     "question": question.format(base),
-                    "hint": float("nan"),
+                    "hint": hint,
                     "A": options[0],
                     "B": options[1],
                     "C": float("nan"),
@@ -174,11 +175,11 @@ def _mmbench_tsv(path, n: int, question: str) -> None:
 
 
 def write_mmbench(eval_dir, n: int = 2) -> None:
-    _mmbench_tsv(eval_dir / "mmbench" / "mmbench_dev_20230712.tsv", n, "Which animal is in picture {}?")
+    mmbench_tsv(eval_dir / "mmbench" / "mmbench_dev_20230712.tsv", n, "Which animal is in picture {}?")
 
 
 def write_mmbench_cn(eval_dir, n: int = 2) -> None:
-    _mmbench_tsv(eval_dir / "mmbench_cn" / "mmbench_dev_cn_20231003.tsv", n, "图{}中是哪种动物?")
+    mmbench_tsv(eval_dir / "mmbench_cn" / "mmbench_dev_cn_20231003.tsv", n, "图{}中是哪种动物?")
 
 
 def write_sqa(eval_dir, n: int = 2) -> None:

@@ -1,8 +1,6 @@
 """Every generator end to end: a tiny benchmark in its real format (images drawn with PIL), answered by a tiny
 model at batch size 1 and 2 (same answers), then scored by that benchmark's scorer."""
 
-import base64
-import io
 import json
 
 import pandas as pd
@@ -20,7 +18,7 @@ from llava.eval import (
 )
 from llava.eval.answer_files import read_jsonl
 
-from .helpers import random_image
+from .helpers import mmbench_tsv, random_image
 
 COMMON = ["--temperature", "0", "--max_new_tokens", "3", "--device", "cpu"]
 
@@ -76,37 +74,9 @@ def test_science_qa(tiny_llava, tmp_path):
     assert metrics["failed"] == 0 and 0 <= metrics["reported"] <= 100
 
 
-def _b64(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_mmbench(tiny_llava, tmp_path):
-    rows = []
-    for base in range(2):
-        for shift in range(2):  # a circular copy of each question
-            options = ["cat", "dog"] if shift == 0 else ["dog", "cat"]
-            rows.append(
-                {
-                    "index": base + shift * 1_000_000,
-                    "question": f"Which animal {base}?",
-                    "hint": "A hint.",
-                    "A": options[0],
-                    "B": options[1],
-                    "C": float("nan"),
-                    "D": float("nan"),
-                    "answer": "A" if shift == 0 else "B",
-                    "category": "animals",
-                    "l2-category": "x",
-                    "source": "s",
-                    "comment": "",
-                    "image": _b64(random_image(base)),
-                }
-            )
     tsv = tmp_path / "mmbench" / "mmbench_dev_20230712.tsv"
-    tsv.parent.mkdir()
-    pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False)
+    mmbench_tsv(tsv, 4, "Which animal {}?", hint="A hint.", image_size=(320, 240))
     records, path = _answer(
         model_vqa_mmbench.main, tiny_llava, tmp_path, ["--question-file", str(tsv), "--single-pred-prompt"]
     )
@@ -124,7 +94,8 @@ def test_mmbench(tiny_llava, tmp_path):
         ]
     )
     assert metrics["failed"] == 0 and 0 <= metrics["reported"] <= 100
-    assert list(pd.read_excel(tmp_path / "upload" / "tiny.xlsx")["index"]) == [r["index"] for r in rows]
+    expected = list(pd.read_csv(tsv, sep="\t")["index"])
+    assert list(pd.read_excel(tmp_path / "upload" / "tiny.xlsx")["index"]) == expected
 
 
 def test_model_vqa_for_mm_vet(tiny_llava, tmp_path):
