@@ -138,3 +138,23 @@ def test_flash_attention_needs_flash_attn_and_cuda(tiny_llava):
 def test_quantized_loading_is_refused(tiny_llava):
     with pytest.raises(ValueError, match="8-bit"):
         load_pretrained_model(str(tiny_llava), None, "llava", load_8bit=True, device="cpu")
+
+
+def test_full_feature_strategy_keeps_the_cls_token_like_transformers(tiny_llava_hf, copy_of):
+    """llava-hf `vision_feature_select_strategy: "full"` (LLaVA's `cls_patch`): [CLS] and the patches all enter
+    the LLM."""
+    folder = copy_of(tiny_llava_hf)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_feature_select_strategy"] = "full"
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(folder), device="cpu", pruning=None)
+    reference = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = prompt_ids(tokenizer, QUESTION)
+    px = pixels(image_processor, model, random_image(0))
+    count = model.get_vision_tower().num_patches + 1
+    ours = model(ids[None], images=px)
+    with torch.no_grad():
+        expected = reference(input_ids=hf_input_ids(ids, reference.config.image_token_index, count), pixel_values=px)
+    rows = model.config.num_text_tokens
+    assert ours.shape[1] == expected.logits.shape[1]
+    torch.testing.assert_close(ours[..., :rows], expected.logits[..., :rows], atol=1e-4, rtol=0)

@@ -135,6 +135,7 @@ class MergeLayout:
     num_views: int
     side: int  # patches per view side
     grid: tuple[int, int]  # (columns, rows) of crops; (0, 0) for a single view
+    leading: int = 0  # tokens before the patches in each view's features ([CLS] with `cls_patch` features)
 
     def __len__(self) -> int:
         return len(self.view)
@@ -144,9 +145,10 @@ class MergeLayout:
         return self.view == NEWLINE
 
     def source(self) -> torch.Tensor:
-        """Index of each token into the image's views' patches flattened view-major ([num_views * side^2]),
-        NEWLINE for newline tokens."""
-        return torch.where(self.view < 0, self.view, self.view * self.side * self.side + self.patch)
+        """Index of each token into the image's views' features flattened view-major ([num_views * (leading +
+        side^2)]), NEWLINE for newline tokens."""
+        per_view = self.leading + self.side * self.side
+        return torch.where(self.view < 0, self.view, self.view * per_view + self.leading + self.patch)
 
     def select(self, keep: torch.Tensor) -> MergeLayout:
         """The layout of the tokens at `keep` (indices or a bool mask), in their order."""
@@ -180,16 +182,18 @@ class MergeLayout:
         return int((self.view == MERGED).sum())
 
 
-def single_view_layout(side: int, newline: bool = False) -> MergeLayout:
-    """One view's raster (LLaVA-1.5), optionally followed by one newline token (`spatial_unpad` on one view)."""
+def single_view_layout(side: int, newline: bool = False, cls: bool = False) -> MergeLayout:
+    """One view's raster (LLaVA-1.5), optionally after its [CLS] token (`cls_patch` features: patch -1, row and
+    column -1) and followed by one newline token (`spatial_unpad` on one view)."""
     n = side * side
-    patch = torch.arange(n)
-    view, row, col = torch.zeros(n, dtype=torch.long), patch // side, patch % side
+    patch = torch.arange(-1 if cls else 0, n)
+    view = torch.zeros(len(patch), dtype=torch.long)
+    row, col = torch.where(patch < 0, -1, patch // side), torch.where(patch < 0, -1, patch % side)
     if newline:
         extra = torch.tensor([NEWLINE])
         view, patch = torch.cat([view, extra]), torch.cat([patch, extra])
         row, col = torch.cat([row, torch.tensor([side - 1])]), torch.cat([col, torch.tensor([side])])
-    return MergeLayout(view, patch, row, col, 1, side, (0, 0))
+    return MergeLayout(view, patch, row, col, 1, side, (0, 0), leading=int(cls))
 
 
 def merge_layout(

@@ -60,10 +60,14 @@ def as_views(images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     return [image[None] if image.dim() == 3 else image for image in images]
 
 
-def image_layout(config, num_views: int, side: int, view_size: int, image_size) -> MergeLayout:
-    """The merged block of one image under the model's merge type and anyres rules."""
+def image_layout(config, num_views: int, side: int, view_size: int, image_size, cls: bool = False) -> MergeLayout:
+    """The merged block of one image under the model's merge type and anyres rules (`cls`: each view's features
+    start with its [CLS] token, LLaVA's `cls_patch`)."""
     if num_views == 1:
-        return single_view_layout(side, newline=config.merge_type == "spatial_unpad" and config.has_image_newline)
+        newline = config.merge_type == "spatial_unpad" and config.has_image_newline
+        return single_view_layout(side, newline=newline, cls=cls)
+    if cls:
+        raise ValueError("cls_patch vision features (llava-hf strategy 'full') cannot be merged over anyres views")
     if not config.is_anyres:
         raise ValueError(
             f"An image came with {num_views} views, but the checkpoint's image_aspect_ratio is "
@@ -101,12 +105,14 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
         features, cls_per_image = tower(pixels), [None] * len(views)
     weight = next(projector.parameters(), None)
     side = tower.num_patches_per_side
+    with_cls = tower.select_feature == "cls_patch"  # each view's features start with its [CLS] token
     layouts, selected = [], []
     for i, (feats, cls_row) in enumerate(zip(features.split([len(v) for v in views]), cls_per_image, strict=True)):
         if plain:
-            full = single_view_layout(side)
+            full = single_view_layout(side, cls=with_cls)
         else:
-            full = image_layout(model.config, len(feats), side, tower.config.image_size, _size(image_sizes, i))
+            size = _size(image_sizes, i)
+            full = image_layout(model.config, len(feats), side, tower.config.image_size, size, with_cls)
         keep = None if pruning is None else pruning.select_tokens(full, feats, cls_row)
         tokens = full if keep is None else full.select(keep)
         layouts.append((tokens, len(full)))
