@@ -18,7 +18,7 @@ from llava.eval import (
 )
 from llava.eval.answer_files import read_jsonl
 
-from .helpers import mmbench_tsv, random_image
+from .helpers import mmbench_tsv, random_image, write_qbench
 
 COMMON = ["--temperature", "0", "--max_new_tokens", "3", "--device", "cpu"]
 
@@ -119,22 +119,8 @@ def test_model_vqa_for_mm_vet(tiny_llava, tmp_path):
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_qbench(tiny_llava, tmp_path, lang):
+    write_qbench(tmp_path, n=3)
     root = tmp_path / "qbench"
-    (root / "images_llvisionqa").mkdir(parents=True)
-    items = []
-    for i in range(3):
-        random_image(i, size=(80, 50)).save(root / "images_llvisionqa" / f"{i}.jpg")
-        items.append(
-            {
-                "img_path": f"{i}.jpg",
-                "question": f"Is image {i} blurry?",
-                "candidates": ["Yes", "No"],
-                "correct_ans": "No",
-                "type": 0,
-                "concern": 1,
-            }
-        )
-    (root / "llvisionqa_dev.json").write_text(json.dumps(items))
     records, path = _answer(
         model_vqa_qbench.main,
         tiny_llava,
