@@ -4,6 +4,7 @@
     python -m llava.bench --shape llava-v1.5-7b --dtype float16 --attn sdpa flash_attention_2   # on a GPU
     python -m llava.bench --shape cpu-next              # the same widths as a LLaVA-NeXT checkpoint, 2,928 tokens
     python -m llava.bench --shape llava-v1.6-7b --dtype float16 --attn sdpa flash_attention_2   # NeXT-7B, on a GPU
+    python -m llava.bench --shape cpu --methods none sparsevlm-2_0-64 --new-tokens 16 --compile   # decode paths
     python -m llava.bench --smoke                       # seconds: tiny shape, every row and column
     python -m llava.bench --shape cpu-next --smoke      # the same for the tiny NeXT shape
 
@@ -24,9 +25,15 @@ reach: it prunes after layer 2, so layers 0-1 alone average 2 x 2,880 / 32 = 180
 totals are 200 (v1.5, keeping 1 token per view at layer 2) and 185 (v2.0). 240 is 48 per view.
 
 Per row: equal tokens, decoder FLOPs ratio to unpruned (the ideal), measured decoder-prefill latency ratio,
-overhead = measured / ideal - 1, time to first token (vision tower included), decode ms per token, KV-cache MB, peak
-memory (CUDA max allocated, or peak RSS growth on CPU), and answers per second at each `--batches` size (1 and 8).
-Results: `<out>/<shape>.json`, `.md` and `.png`.
+overhead = measured / ideal - 1, time to first token (vision tower included), decode ms per token (from the host
+arrival times of the generated tokens; with `--compile`, also through `torch.compile`, CUDA graphs on a GPU),
+KV-cache MB, peak memory (CUDA max allocated, or peak RSS growth on CPU), and answers per second at each `--batches`
+size (1 and 8). The `transformers` row is transformers' own `LlavaForConditionalGeneration.generate` (NeXT shapes:
+`LlavaNextForConditionalGeneration`) on the llava-hf copy of the same weights, unpruned, timed in the same rounds
+the same way (decoder prefill by hooks around its language model). With several `--attn`, the first one's table
+has the transformers row and the compiled decoding, and the results compare each method's kept visual tokens across
+the implementations on the same inputs. `--methods` picks rows (`none` always runs). Results:
+`<out>/<shape>-<dtype>.json`, `.md` and `.png`, written after each table. `scripts/bench/gpu.sh` is the GPU run.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -168,21 +176,42 @@ class Sample:
     peak_mb: float
 
 
-def measure(model, ids, pixels, image_size, new_tokens: int) -> tuple[Sample, object]:
-    """One generation of `new_tokens` tokens: decoder-prefill time, time to first token, decode time per token."""
-    from llava.sparse.accounting import Timer
+class TokenClock:
+    """A `generate` streamer that timestamps the prompt and each new token as it reaches the host: time to first
+    token and decode time per token, measured the same way for our `generate` and transformers'."""
 
-    device = model.device
-    with PeakMemory(device) as memory, torch.inference_mode():
-        with Timer(device) as first:
-            prefill = model.prefill(ids, pixels, image_sizes=[image_size])
-            token = model.lm_head(prefill.hidden_states[:, -1]).float().argmax(-1)
-        with Timer(device) as rest:
-            for _ in range(new_tokens - 1):
-                token = model.decode_step(token, prefill.cache).argmax(-1)
-    account = prefill.accounts[0]
-    decode = rest.ms / max(new_tokens - 1, 1)
-    return Sample(account.prefill_ms, first.ms, decode, memory.mb), account
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.times[1] - self.times[0]) * 1e3
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        steps = len(self.times) - 2
+        return (self.times[-1] - self.times[1]) * 1e3 / max(steps, 1)
+
+
+def measure(model, ids, pixels, image_size, new_tokens: int) -> tuple[Sample, object]:
+    """One `generate` of exactly `new_tokens` tokens: decoder-prefill time, time to first token (vision tower
+    included), decode time per token, peak memory."""
+    clock = TokenClock(model.device)
+    with PeakMemory(model.device) as memory:
+        model.generate(
+            ids, images=pixels, image_sizes=[image_size], max_new_tokens=new_tokens, eos_token_id=-1, streamer=clock
+        )
+    account = model.last_accounts[0]
+    return Sample(account.prefill_ms, clock.ttft_ms, clock.decode_ms_per_token, memory.mb), account
 
 
 def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> float:
@@ -200,7 +229,76 @@ def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> f
     return batch / (t.ms / 1e3)
 
 
-def run(args) -> dict:
+class TransformersReference:
+    """transformers' own `LlavaForConditionalGeneration` (`LlavaNext...` for NeXT shapes) on the llava-hf copy of
+    the same random weights, unpruned: the `transformers` row, timed like ours (`TokenClock`; decoder prefill by
+    hooks around its language model's first call)."""
+
+    def __init__(self, original: Path, dtype: torch.dtype, attn: str, device: torch.device) -> None:
+        import transformers
+
+        from llava.testing import convert_to_llava_hf
+
+        folder = original.parent / f"{original.name}-hf"
+        if not (folder / "config.json").is_file():
+            convert_to_llava_hf(original, folder)
+        architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+        model_class = getattr(transformers, architecture)
+        self.model = model_class.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn).to(device).eval()
+        self.device = device
+        self.next = architecture.startswith("LlavaNext")
+        self._prefill_ms: float | None = None
+        language_model = self.model.model.language_model
+        language_model.register_forward_pre_hook(self._start)
+        language_model.register_forward_hook(self._stop)
+
+    def _start(self, module, args) -> None:
+        if self._prefill_ms is None:
+            from llava.sparse.accounting import Timer
+
+            self._timer = Timer(self.device).__enter__()
+
+    def _stop(self, module, args, output) -> None:
+        if self._prefill_ms is None:
+            self._timer.__exit__(None, None, None)
+            self._prefill_ms = self._timer.ms
+
+    def inputs(self, ids: torch.Tensor, pixels: torch.Tensor, image_size, visual_tokens: int, batch: int) -> dict:
+        """transformers' input layout for our prompt: the image placeholder expanded to its visual tokens."""
+        from llava.constants import IMAGE_TOKEN_INDEX
+
+        ids = ids[0]
+        at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+        image = torch.full((visual_tokens,), self.model.config.image_token_index, device=ids.device)
+        hf_ids = torch.cat([ids[:at], image, ids[at + 1 :]])[None].expand(batch, -1).to(self.device)
+        out = {"input_ids": hf_ids, "pixel_values": pixels.expand(batch, *pixels.shape[1:])}
+        if self.next:
+            out["image_sizes"] = torch.tensor([[image_size[1], image_size[0]]] * batch, device=self.device)
+        return out
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, new_tokens: int, streamer=None) -> None:
+        self.model.generate(
+            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=streamer
+        )
+
+    def measure(self, inputs: dict, new_tokens: int) -> Sample:
+        clock = TokenClock(self.device)
+        self._prefill_ms = None
+        with PeakMemory(self.device) as memory:
+            self.generate(inputs, new_tokens, clock)
+        return Sample(self._prefill_ms, clock.ttft_ms, clock.decode_ms_per_token, memory.mb)
+
+    def throughput(self, inputs: dict, new_tokens: int) -> float:
+        from llava.sparse.accounting import Timer
+
+        self._prefill_ms = None
+        with Timer(self.device) as t:
+            self.generate(inputs, new_tokens)
+        return inputs["input_ids"].shape[0] / (t.ms / 1e3)
+
+
+def run(args, save=lambda results: None) -> dict:
     from llava.conversation import get_conv_template
     from llava.mm_utils import process_images, to_device, tokenizer_image_token
     from llava.model.builder import load_pretrained_model
@@ -227,6 +325,7 @@ def run(args) -> dict:
         "repeats": args.repeats,
         "tables": {},
     }
+    kept: dict[str, dict[str, dict]] = {}
     for attn in args.attn:
         tokenizer, model, processor, _ = load_pretrained_model(
             str(model_dir),
@@ -241,14 +340,24 @@ def run(args) -> dict:
         conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None].to(model.device)
-        rows = methods(budgets_for(args.shape))
+        rows = [(name, m) for name, m in methods(budgets_for(args.shape)) if name in args.methods or name == "none"]
         # The pixels as the model's config asks for them once the method is set (on NeXT, FasterVLM's reference
         # mode brings its own grid rule); processed outside the timed region.
         pixels = {}
         for name, method in rows:
             model.set_pruning(method)
             pixels[name] = to_device(process_images([image], processor, model.config), model.device, dtype)
+        first = attn == args.attn[0]  # the transformers row and compiled decoding: the first --attn's table only
+        reference = None
+        if args.transformers and first:
+            model.set_pruning(None)
+            visual = model.prefill(ids, pixels["none"], use_cache=False, image_sizes=[image.size]).accounts[0]
+            reference = TransformersReference(model_dir, dtype, attn, model.device)
+            ref_inputs = {
+                b: reference.inputs(ids, pixels["none"], image.size, visual.num_visual, b) for b in {1, *args.batches}
+            }
         samples: dict[str, list[Sample]] = {name: [] for name, _ in rows}
+        samples["transformers"] = []
         accounts = {}
         for round_ in range(args.warmup + args.repeats):
             for name, method in rows:
@@ -257,6 +366,20 @@ def run(args) -> dict:
                 if round_ >= args.warmup:
                     samples[name].append(sample)
                     accounts[name] = account
+            if reference is not None:
+                sample = reference.measure(ref_inputs[1], args.new_tokens)
+                if round_ >= args.warmup:
+                    samples["transformers"].append(sample)
+        compiled = {}
+        if args.compile and first:  # after the eager rounds: each row's kept-token schedule compiles (or records) once
+            model.compile_decode()
+            for name, method in rows:
+                model.set_pruning(method)
+                runs = [
+                    measure(model, ids, pixels[name], image.size, args.new_tokens)[0] for _ in range(1 + args.repeats)
+                ]
+                compiled[name] = statistics.median(s.decode_ms_per_token for s in runs[1:])
+            model.compile_decode(None)
         tput = {}
         for name, method in rows:
             model.set_pruning(method)
@@ -264,6 +387,13 @@ def run(args) -> dict:
                 b: statistics.median(
                     throughput(model, ids, pixels[name], image.size, b, args.new_tokens)
                     for _ in range(max(1, args.repeats // 5))
+                )
+                for b in args.batches
+            }
+        if reference is not None:
+            tput["transformers"] = {
+                b: statistics.median(
+                    reference.throughput(ref_inputs[b], args.new_tokens) for _ in range(max(1, args.repeats // 5))
                 )
                 for b in args.batches
             }
@@ -289,14 +419,56 @@ def run(args) -> dict:
                     "overhead": measured / ideal - 1,
                     "ttft_ms": statistics.median(s.ttft_ms for s in runs),
                     "decode_ms_per_token": statistics.median(s.decode_ms_per_token for s in runs),
+                    "decode_ms_per_token_compiled": compiled.get(name),
                     "kv_cache_mb": account.kv_cache_bytes / 2**20,
                     "peak_mb": statistics.median(s.peak_mb for s in runs),
                     **{f"answers_per_s_b{b}": tput[name][b] for b in args.batches},
                 }
             )
+        if reference is not None:  # unpruned, the same prompt and pixels; its KV cache holds what ours does
+            runs = samples["transformers"]
+            measured = statistics.median(s.prefill_ms for s in runs) / base_prefill
+            table.append(
+                {
+                    **table[0],
+                    "method": "transformers",
+                    "prefill_ms": statistics.median(s.prefill_ms for s in runs),
+                    "method_ms": None,
+                    "method_share": None,
+                    "latency_ratio": measured,
+                    "overhead": measured - 1,
+                    "ttft_ms": statistics.median(s.ttft_ms for s in runs),
+                    "decode_ms_per_token": statistics.median(s.decode_ms_per_token for s in runs),
+                    "decode_ms_per_token_compiled": None,
+                    "peak_mb": statistics.median(s.peak_mb for s in runs),
+                    **{f"answers_per_s_b{b}": tput["transformers"][b] for b in args.batches},
+                }
+            )
+            del reference
         results["tables"][attn] = table
+        kept[attn] = {name: account.kept for name, account in accounts.items()}
+        if len(kept) > 1:
+            results["kept_agreement"] = kept_agreement(kept)
+        save(results)
         del model
     return results
+
+
+def kept_agreement(kept: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """Per method, the share of the first attention implementation's kept visual tokens that every other one kept
+    too (same inputs; scores computed by different kernels may tie-break differently), over its pruning layers."""
+    first, *others = kept
+    agreement = {}
+    for name, layers in kept[first].items():
+        shares = []
+        for layer, indices in layers.items():
+            ours = set(indices.flatten().tolist())
+            for other in others:
+                theirs = set(kept[other][name][layer].flatten().tolist())
+                shares.append(len(ours & theirs) / max(len(ours), 1))
+        if shares:
+            agreement[name] = min(shares)
+    return agreement
 
 
 def _device_name(args) -> str:
@@ -319,27 +491,39 @@ def markdown(results: dict) -> str:
         out += [f"`{results['command']}`", ""]
     batches = results.get("batches", [1, 8])
     for attn, table in results["tables"].items():
+        compiled = any(r.get("decode_ms_per_token_compiled") is not None for r in table)
         out += [
             f"**{attn}**",
             "",
             "| method | equal tokens | FLOPs ratio (ideal) | prefill ms | latency ratio | overhead | method ms "
-            "| TTFT ms | decode ms/token | KV MB | peak MB |" + "".join(f" answers/s b{b} |" for b in batches),
-            "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(batches),
+            "| TTFT ms | decode ms/token |"
+            + (" compiled decode ms/token |" if compiled else "")
+            + " KV MB | peak MB |"
+            + "".join(f" answers/s b{b} |" for b in batches),
+            "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(batches) + compiled),
         ]
         for r in table:
             out.append(
                 f"| {r['method']} | {r['equal_tokens']:.2f} | {r['flops_ratio']:.3f} | {r['prefill_ms']:.1f} | "
                 f"{r['latency_ratio']:.3f} | {100 * r['overhead']:+.1f}% | {_fmt_ms(r['method_ms'])} | "
-                f"{r['ttft_ms']:.1f} | "
-                f"{r['decode_ms_per_token']:.2f} | {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} |"
+                f"{r['ttft_ms']:.1f} | {r['decode_ms_per_token']:.2f} |"
+                + (f" {_fmt_ms(r.get('decode_ms_per_token_compiled'), 2)} |" if compiled else "")
+                + f" {r['kv_cache_mb']:.1f} | {r['peak_mb']:.0f} |"
                 + "".join(f" {r[f'answers_per_s_b{b}']:.2f} |" for b in batches)
             )
         out.append("")
+    if results.get("kept_agreement"):
+        first, *others = results["tables"]
+        out += [
+            f"Kept visual tokens, {first} vs {', '.join(others)} on the same inputs (least share over pruning "
+            "layers): " + ", ".join(f"{name} {share:.3f}" for name, share in results["kept_agreement"].items()),
+            "",
+        ]
     return "\n".join(out)
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def _fmt_ms(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -376,6 +560,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--batches", type=int, nargs="*", default=[1, 8], help="batch sizes for answers/s (none: skip throughput)"
     )
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="rows to run (default all; 'none' always runs, as the baseline)"
+    )
+    parser.add_argument(
+        "--no-transformers",
+        dest="transformers",
+        action="store_false",
+        help="skip the row of transformers' own generate on the llava-hf copy of the weights (first --attn only)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time decoding through torch.compile (CUDA graphs on a GPU), for the first --attn",
+    )
+    parser.add_argument("--tag", default=None, help="suffix of the result files' names (<shape>-<dtype>-<tag>)")
     parser.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
     parser.add_argument("--out", type=Path, default=Path("assets/bench"))
     parser.add_argument(
@@ -385,13 +584,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.shape = "tiny-next" if is_next(args.shape) else "tiny"
         args.repeats, args.warmup, args.new_tokens = 1, 0, 2
-    results = run(args)
-    results["command"] = shlex.join(["python", "-m", "llava.bench", *(sys.argv[1:] if argv is None else argv)])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.shape}-{args.dtype}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    stem.with_suffix(".md").write_text(markdown(results))
-    plot(results, stem.with_suffix(".png"))
+    names = [name for name, _ in methods(budgets_for(args.shape))]
+    unknown = sorted(set(args.methods or ()) - set(names))
+    if unknown:
+        parser.error(f"unknown --methods {unknown} for shape {args.shape}; choose from {names}")
+    args.methods = args.methods or names
+    command = shlex.join(["python", "-m", "llava.bench", *(sys.argv[1:] if argv is None else argv)])
+    stem = args.out / "-".join(filter(None, [args.shape, args.dtype, args.tag]))
+
+    def save(results: dict) -> None:  # after every table, so that a run cut short still leaves what it measured
+        results["command"] = command
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+        stem.with_suffix(".md").write_text(markdown(results))
+        plot(results, stem.with_suffix(".png"))
+
+    results = run(args, save)
     print(markdown(results))
     return results
 

@@ -58,6 +58,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="LLaVA-NeXT grid selection and unpadding: the original LLaVA code's (default) or transformers'",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through torch.compile (CUDA graphs on a GPU): faster long answers after a one-off compile per "
+        "kept-token schedule; one device, eager or sdpa attention",
+    )
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
     add_pruning_args(parser)
@@ -69,7 +75,7 @@ def load_from_args(args: argparse.Namespace):
     from llava.model.builder import load_pretrained_model
     from llava.model.placement import parse_device_map, parse_max_memory
 
-    return load_pretrained_model(
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
         args.model_path,
         args.model_base,
         get_model_name_from_path(args.model_path),
@@ -87,3 +93,6 @@ def load_from_args(args: argparse.Namespace):
         image_grid_pinpoints=getattr(args, "image_grid_pinpoints", None),
         anyres_rule=getattr(args, "anyres_rule", None),
     )
+    if getattr(args, "compile", False):
+        model.compile_decode()
+    return tokenizer, model, image_processor, context_len

@@ -86,7 +86,9 @@ def test_fastv_decode_steps_match_a_cache_free_forward_over_the_kept_tokens(load
         model.set_pruning(None)
     kept = prefill.accounts[0].kept[1]
     full = prefill.inputs.lengths[0]
-    assert all(int(p[0]) == full for p in prefill.cache.next_position)  # every layer continues at the full length
+    assert all(
+        int(s.next_position[0]) == full for s in prefill.cache.segments
+    )  # every layer continues at the full length
 
     class Replay(FastV):  # the same tokens, whatever the (growing) prompt's last token prefers
         def plan(self, layouts, m, inputs):

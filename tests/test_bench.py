@@ -2,14 +2,19 @@
 
 import json
 
+import pytest
+
 from llava import bench
 
 
 def test_smoke_run_has_every_row_and_sane_numbers(tmp_path):
     results = bench.main(["--smoke", "--out", str(tmp_path), "--workdir", str(tmp_path / "ckpt")])
     table = results["tables"]["sdpa"]
-    assert [r["method"] for r in table] == [name for name, _ in bench.methods()]
+    assert [r["method"] for r in table] == [name for name, _ in bench.methods()] + ["transformers"]
     by_name = {r["method"]: r for r in table}
+    reference = by_name["transformers"]  # transformers' own generate on the llava-hf copy, unpruned
+    assert reference["flops_ratio"] == 1 and reference["prefill_ms"] > 0 and reference["decode_ms_per_token"] > 0
+    assert reference["decode_ms_per_token_compiled"] is None and "kept_agreement" not in results
     assert by_name["none"]["equal_tokens"] == 576 and by_name["none"]["flops_ratio"] == 1
     assert by_name["sparsevlm-1_0-192"]["visual_tokens"] == [576, 309, 204, 113]
     assert by_name["sparsevlm-2_0-64"]["visual_tokens"] == [576, 66, 34, 20]
@@ -32,8 +37,9 @@ def test_next_smoke_prunes_the_anyres_block(tmp_path):
     results = bench.main(argv)
     assert results["shape"] == "tiny-next" and results["next"] and results["image_size"] == [672, 672]
     table = results["tables"]["sdpa"]
-    assert [r["method"] for r in table] == [name for name, _ in bench.methods(bench.NEXT_BUDGETS)]
+    assert [r["method"] for r in table] == [name for name, _ in bench.methods(bench.NEXT_BUDGETS)] + ["transformers"]
     by_name = {r["method"]: r for r in table}
+    assert by_name["transformers"]["equal_tokens"] == 2928 and by_name["transformers"]["ttft_ms"] > 0
     # anyres: 672x672 picks the 2x2 grid of 336 crops; base view 24x24, grid 48x48 (a square: nothing unpadded)
     # with one newline token per row
     side = 336 // 14
@@ -55,9 +61,32 @@ def test_next_smoke_prunes_the_anyres_block(tmp_path):
             sparse = by_name[f"sparsevlm-{version}-{budget}"]
             assert sparse["visual_tokens"][0] == unpruned and len(sparse["visual_tokens"]) == 4
             assert abs(sparse["equal_tokens"] - rows - budget) <= 0.02 * budget
-    for r in table[1:]:
+    for r in table[1:-1]:
         assert 0 < r["flops_ratio"] < 1 and r["tflops"] < none["tflops"]
         assert r["kv_cache_mb"] < none["kv_cache_mb"] and r["latency_ratio"] > 0 and r["answers_per_s_b1"] > 0
         assert "answers_per_s_b8" not in r
     assert (tmp_path / "tiny-next-float32.md").read_text().count("\n| ") == len(table) + 1
     assert (tmp_path / "tiny-next-float32.png").stat().st_size > 0
+
+
+def _filtered(tmp_path, *flags):
+    argv = ["--smoke", "--attn", "sdpa", "eager", "--methods", "fastv-64", "--no-transformers", "--batches", "1"]
+    return bench.main([*argv, *flags, "--out", str(tmp_path), "--workdir", str(tmp_path / "ckpt")])
+
+
+def test_methods_filter_and_kept_agreement(tmp_path):
+    """`--methods` picks rows; two --attn compare each method's kept tokens on the same inputs (eager and sdpa
+    score the same rows here)."""
+    results = _filtered(tmp_path)
+    sdpa, eager = results["tables"]["sdpa"], results["tables"]["eager"]
+    assert [r["method"] for r in sdpa] == [r["method"] for r in eager] == ["none", "fastv-64"]
+    assert results["kept_agreement"] == {"fastv-64": 1.0}
+    assert "eager" in (tmp_path / "tiny-float32.md").read_text()
+
+
+@pytest.mark.slow  # compiles 32 layers for two kept-token schedules on CPU (minutes); correctness: test_decode_cache
+def test_compiled_decode_column_for_the_first_attn(tmp_path):
+    results = _filtered(tmp_path, "--compile")
+    assert all(r["decode_ms_per_token_compiled"] > 0 for r in results["tables"]["sdpa"])
+    assert all(r["decode_ms_per_token_compiled"] is None for r in results["tables"]["eager"])
+    assert "compiled decode ms/token" in (tmp_path / "tiny-float32.md").read_text()

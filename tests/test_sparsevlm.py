@@ -272,5 +272,5 @@ def test_decode_positions_follow_each_versions_position_policy(loaded32, samples
     cache, full = prefill.cache, prefill.inputs.lengths[0]
     for layer in range(model.config.num_hidden_layers):
         expected = cache.layer_length(layer) if version == "1_0" else full
-        assert int(cache.next_position[layer][0]) == expected
+        assert int(cache.next_position(layer)[0]) == expected
     assert cache.layer_length(0) == full and cache.layer_length(31) < full - 500

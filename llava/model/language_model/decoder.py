@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from transformers import DynamicCache
+
+from llava.model.language_model.cache import CacheSegment, DecoderCache
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
@@ -29,29 +30,6 @@ class SequenceState:
     position_ids: torch.Tensor  # [B, L]
     token_mask: torch.Tensor  # [B, L] bool
     has_padding: bool
-
-
-class DecoderCache:
-    """Per-layer keys/values (a transformers `DynamicCache`) plus, per layer, which cached keys are real tokens
-    and the rotary position the next generated token takes in that layer."""
-
-    def __init__(self) -> None:
-        self.kv = DynamicCache()
-        self.key_mask: list[torch.Tensor | None] = []
-        self.next_position: list[torch.Tensor | None] = []
-        self.has_padding = False
-
-    def layer_length(self, layer_idx: int) -> int:
-        return self.kv.layers[layer_idx].get_seq_length() if layer_idx < len(self.kv.layers) else 0
-
-    def nbytes(self) -> int:
-        """Bytes held by all cached keys and values."""
-        total = 0
-        for layer in self.kv.layers:
-            if getattr(layer, "keys", None) is not None:
-                total += layer.keys.numel() * layer.keys.element_size()
-                total += layer.values.numel() * layer.values.element_size()
-        return total
 
 
 def build_attention_mask(
@@ -121,19 +99,13 @@ class DecoderLoop:
         self.attn_implementation = attn_implementation
         self.devices = layer_devices(text_model)  # None: every layer on one device, nothing to move
 
-    def run(self, state: SequenceState, cache: DecoderCache | None, plan=None) -> torch.Tensor:
-        """Prefill (cache empty or None) or one decode step; returns the final-norm hidden states [B, L, D].
+    def run(self, state: SequenceState, cache: DecoderCache | None = None, plan=None) -> torch.Tensor:
+        """Prefill: returns the final-norm hidden states [B, L, D]; fills `cache` (if given) for decoding.
 
-        `plan` (a `llava.sparse.engine.PrefillPlan`, prefill only) is told when each layer starts and ends; it may
-        ask for attention rows of a layer and hand back a shorter sequence after it."""
-        layers = self.text_model.layers
-        decoding = cache is not None and len(cache.key_mask) == len(layers)
-        if cache is not None and not decoding:
-            cache.key_mask = [None] * len(layers)
-            cache.next_position = [None] * len(layers)
-            cache.has_padding = False
+        `plan` (a `llava.sparse.engine.PrefillPlan`) is told when each layer starts and ends; it may ask for
+        attention rows of a layer and hand back a shorter sequence after it."""
         hidden = state.hidden_states
-        # Layers that see the same keys and positions share one mask, one rotary table and one cache entry; the
+        # Layers that see the same keys and positions share one mask, one rotary table and one cache segment; the
         # memo is keyed by the identity of the tensor they share, and holds that tensor so its id stays unique.
         memo: dict[tuple, tuple[torch.Tensor, object]] = {}
 
@@ -148,20 +120,12 @@ class DecoderLoop:
 
         devices = self.devices
         here = None if devices is None else hidden.device
-        for idx, layer in enumerate(layers):
+        for idx, layer in enumerate(self.text_model.layers):
             if devices is not None and devices[idx] != here:
                 here = devices[idx]
                 state = move_state(state, hidden, here, move)
                 hidden = state.hidden_states
-            if decoding:
-                past_mask, past_position = cache.key_mask[idx], cache.next_position[idx]
-                key_mask = shared("keys", past_mask, torch.cat, [past_mask, state.token_mask], 1)
-                positions = shared("positions", past_position, torch.unsqueeze, past_position, 1)
-            else:
-                key_mask, positions = state.token_mask, state.position_ids
-                if cache is not None:
-                    cache.has_padding |= state.has_padding
-            has_padding = cache.has_padding if decoding else state.has_padding
+            key_mask, positions = state.token_mask, state.position_ids
             mask = shared(
                 "mask",
                 key_mask,
@@ -169,10 +133,13 @@ class DecoderLoop:
                 self.attn_implementation,
                 key_mask,
                 hidden.shape[1],
-                has_padding,
+                state.has_padding,
                 hidden.dtype,
             )
             position_embeddings = shared("rotary", positions, self.text_model.rotary_emb, hidden, positions)
+            if cache is not None:
+                segment = shared("segment", key_mask, _new_segment, cache, state)
+                cache.enter_layer(idx, segment)
             request = plan.enter_layer(idx, state) if plan is not None else None
             if request is not None and devices is not None:
                 move_request(request, here)
@@ -181,18 +148,65 @@ class DecoderLoop:
                 hidden,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=None if cache is None else cache.kv,
+                past_key_values=cache,
                 use_cache=cache is not None,
                 position_embeddings=position_embeddings,
                 **extra,
             )
-            if cache is not None:
-                cache.key_mask[idx] = key_mask
-                cache.next_position[idx] = shared("next", positions, next_positions, positions, state)
             if plan is not None:
                 state = plan.leave_layer(idx, dataclasses.replace(state, hidden_states=hidden), request)
                 hidden = state.hidden_states
+        if cache is not None:
+            cache.finish_prefill()
         return self.text_model.norm(hidden)
+
+    def step(self, hidden: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """One decode step of one new token per sample (`hidden` [B, 1, D], their embeddings) over the cache's
+        fixed-size buffers; returns the final-norm hidden states [B, 1, D]. Fixed shapes, no host syncs: the
+        caller may compile it (`LlavaLlamaForCausalLM.compile_decode`)."""
+        inputs = []
+        for segment in cache.segments:  # the new token's slot becomes a valid key; its mask, positions, rotary
+            segment.key_mask.index_fill_(1, segment.slot, True)
+            positions = segment.next_position[:, None]
+            inputs.append(
+                (
+                    static_attention_mask(self.attn_implementation, segment.key_mask, hidden.dtype),
+                    positions,
+                    # the rotary table reads only its input's dtype and device
+                    self.text_model.rotary_emb(hidden.new_empty(0, device=positions.device), positions),
+                )
+            )
+        devices = self.devices
+        for idx, layer in enumerate(self.text_model.layers):
+            if devices is not None and devices[idx] != hidden.device:
+                hidden = hidden.to(devices[idx])
+            mask, positions, position_embeddings = inputs[cache.segment_index[idx]]
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                position_embeddings=position_embeddings,
+            )
+        for segment in cache.segments:
+            segment.advance()
+        return self.text_model.norm(hidden)
+
+
+def _new_segment(cache: DecoderCache, state: SequenceState) -> CacheSegment:
+    return cache.add_segment(state.token_mask, next_positions(state.position_ids, state))
+
+
+def static_attention_mask(attn_implementation: str, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The mask of one decode query over a cache buffer's slots `key_mask` [B, K]: always given, since free slots
+    must be masked (sdpa: bool [B, 1, 1, K]; eager: additive; flash_attention_2: the 2-D key mask)."""
+    if attn_implementation == "flash_attention_2":
+        return key_mask.to(torch.int32)
+    allowed = key_mask[:, None, None, :]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def next_positions(positions: torch.Tensor, state: SequenceState) -> torch.Tensor:

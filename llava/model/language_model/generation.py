@@ -63,7 +63,14 @@ def generate(
     from llava.sparse.accounting import Timer
 
     with Timer(model.device) as total:
-        prefill = model.prefill(input_ids, images, attention_mask, use_cache=True, image_sizes=image_sizes)
+        prefill = model.prefill(
+            input_ids,
+            images,
+            attention_mask,
+            use_cache=True,
+            image_sizes=image_sizes,
+            max_new_tokens=max_new_tokens - 1,
+        )
         logits = model.lm_head(prefill.hidden_states[:, -1]).float()
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=model.device)
         tokens = []

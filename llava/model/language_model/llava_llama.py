@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from llava.model.config import LlavaConfig
-from llava.model.language_model.decoder import ATTN_IMPLEMENTATIONS, DecoderCache, DecoderLoop, SequenceState
+from llava.model.language_model.cache import DecoderCache
+from llava.model.language_model.decoder import ATTN_IMPLEMENTATIONS, DecoderLoop, SequenceState
 from llava.model.language_model.family import check_sequence_length, family_of
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, encode_images, splice_image_features
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -77,6 +78,7 @@ class LlavaLlamaForCausalLM(nn.Module):
         self.pruning = PruningMethod()
         self.last_accounts: list[SampleAccount] = []  # efficiency accounting of the last generate() call
         self.device_map: dict[str, torch.device] | None = None  # module -> device when loaded over several devices
+        self._compiled_step = None  # torch.compile'd `step_logits` (`compile_decode`)
 
     # -- LLaVA-compatible accessors ---------------------------------------------------------------------------
     def get_model(self) -> LlavaLlamaModel:
@@ -177,11 +179,14 @@ class LlavaLlamaForCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
         image_sizes=None,
+        max_new_tokens: int = 0,
     ) -> PrefillOutput:
+        """The prompt's pass through the decoder (pruning included). With `use_cache`, each layer's keys go into
+        buffers with room for `max_new_tokens` decode steps (more are allocated if a caller decodes further)."""
         inputs = self.prepare_inputs(input_ids, images, attention_mask, image_sizes)
         state = SequenceState(inputs.inputs_embeds, inputs.position_ids, inputs.token_mask, inputs.has_padding)
         layouts = inputs_layouts(inputs)
-        cache = DecoderCache() if use_cache else None
+        cache = DecoderCache(max_new_tokens) if use_cache else None
         with Timer(self.device) as timer:  # the method's own set-up (e.g. SparseVLM's raters) counts as prefill
             plan_start = time.perf_counter()
             plan = self.pruning.plan(layouts, self, inputs)
@@ -195,14 +200,42 @@ class LlavaLlamaForCausalLM(nn.Module):
         return PrefillOutput(hidden, inputs, cache, plan.accounts)
 
     def decode_step(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """Logits [B, V] for one new token per sample, appended to `cache`."""
+        """Logits [B, V] for one new token per sample, appended to `cache` (compiled if `compile_decode` was
+        called)."""
         if self.model.layer_devices is not None:  # the ids come from the logits, on the last layer's device
             token_ids = token_ids.to(self.input_device)
-        embeds = self.model.embed_tokens(token_ids[:, None])
-        mask = torch.ones_like(token_ids, dtype=torch.bool)[:, None]
-        state = SequenceState(embeds, torch.zeros_like(token_ids)[:, None], mask, False)
-        hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache)
+        cache.reserve()
+        if self._compiled_step is None:
+            logits = self.step_logits(token_ids, cache)
+        else:
+            torch.compiler.cudagraph_mark_step_begin()
+            logits = self._compiled_step(token_ids, cache).clone()  # a CUDA graph reuses its output buffer
+        cache.advanced()
+        return logits
+
+    def step_logits(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """The whole decode step on the device: embedding, decoder layers over the cache buffers, lm_head."""
+        hidden = DecoderLoop(self.model, self.attn_implementation).step(
+            self.model.embed_tokens(token_ids[:, None]), cache
+        )
         return self.lm_head(hidden[:, -1]).float()
+
+    def compile_decode(self, mode: str | None = "auto") -> None:
+        """Decode through `torch.compile(step_logits)`: mode "auto" is "reduce-overhead" (CUDA graphs) on a GPU and
+        inductor's default on CPU; None goes back to eager. Prefill and pruning stay eager. One device, and eager or
+        sdpa attention (flash-attention's unpadding has data-dependent shapes)."""
+        if mode is None:
+            self._compiled_step = None
+            return
+        if self.model.layer_devices is not None:
+            raise ValueError("--compile needs the whole model on one device (no --device-map)")
+        if self.attn_implementation == "flash_attention_2":
+            raise ValueError("--compile needs --attn-implementation sdpa or eager, not flash_attention_2")
+        if mode == "auto":
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+        # Each kept-token schedule and batch size is its own shape; allow many before falling back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._compiled_step = torch.compile(self.step_logits, mode=mode, fullgraph=True)
 
     @torch.no_grad()
     def forward(
