@@ -39,9 +39,14 @@ class Conversation:
     sep: str = "###"
     sep2: str | None = None
     version: str = "Unknown"
+    # how an image stands in a message, for templates whose model wraps it (Qwen-VL: vision start / end tokens
+    # around the image, no newline before the text): "<image>\n" and "<image>" become this
+    image_format: str | None = None
 
     def get_prompt(self) -> str:
         """The prompt string; a None (or empty) message renders only what precedes the speaker's text."""
+        if self.image_format is not None:
+            return self._with_image_format()
         seps = [self.sep, self.sep2]
         if self.sep_style == SeparatorStyle.TWO:
             # system + sep, then `role: message` closed by sep (user) or sep2 (assistant); `role:` for None.
@@ -63,6 +68,19 @@ class Conversation:
                 ret += message + seps[i % 2] if message else ""
             return ret
         raise ValueError(f"Unsupported separator style: {self.sep_style}")
+
+    def _with_image_format(self) -> str:
+        image = self.image_format
+        messages = [
+            [
+                role,
+                message.replace("<image>\n", "\0").replace("<image>", "\0").replace("\0", image)
+                if message
+                else message,
+            ]
+            for role, message in self.messages
+        ]
+        return dataclasses.replace(self, messages=messages, image_format=None).get_prompt()
 
     def _llama_2_prompt(self) -> str:
         """LLaMA-2 chat layout: user turns `[INST] {text} [/INST]`, each but the first preceded by `sep`; an
@@ -147,6 +165,19 @@ conv_chatml_direct = Conversation(
     sep="<|im_end|>",
 )
 
+# Qwen2-VL / Qwen2.5-VL Instruct's chat template: ChatML with its default system prompt, each image as
+# <|vision_start|><image><|vision_end|> right before the text (the model splices the image's tokens there)
+conv_qwen2_vl = Conversation(
+    system="<|im_start|>system\nYou are a helpful assistant.",
+    roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    version="qwen",
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.MPT,
+    sep="<|im_end|>\n",
+    image_format="<|vision_start|><image><|vision_end|>",
+)
+
 default_conversation = conv_vicuna_v1
 conv_templates: dict[str, Conversation] = {
     "default": conv_vicuna_v1,
@@ -157,6 +188,8 @@ conv_templates: dict[str, Conversation] = {
     "mistral_instruct": conv_mistral_instruct,
     "chatml_direct": conv_chatml_direct,
     "mistral_direct": conv_chatml_direct,
+    "qwen2_vl": conv_qwen2_vl,
+    "qwen2_5_vl": conv_qwen2_vl,
 }
 
 
@@ -182,7 +215,7 @@ def stop_token_ids(conv: Conversation, tokenizer) -> list[int]:
     when the tokenizer has it as a single token (the 34B checkpoint's EOS may be a different token)."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
     if conv.sep_style == SeparatorStyle.MPT:
-        end = tokenizer.get_vocab().get(conv.sep)
+        end = tokenizer.get_vocab().get(conv.sep.strip())
         if end is not None and int(end) not in ids:
             ids.append(int(end))
     return ids
@@ -194,6 +227,8 @@ def conv_mode_for_model(model_name: str) -> str:
     anything else -> `llava_v1`. (LLaVA's "llama-2" -> `llava_llama_2` and "mpt" -> `mpt` rules are left out, as
     those templates are not defined here, and its final fallback `llava_v0` is replaced by `llava_v1`.)"""
     name = model_name.lower()
+    if "qwen" in name:
+        return "qwen2_vl"
     if "mistral" in name:
         return "mistral_instruct"
     if "v1.6-34b" in name:
@@ -201,10 +236,10 @@ def conv_mode_for_model(model_name: str) -> str:
     return "llava_v1"  # both the "v1" rule and the fallback
 
 
-def resolve_conv_mode(conv_mode: str | None, model_name: str) -> str:
+def resolve_conv_mode(conv_mode: str | None, model_name: str, model_config=None) -> str:
     """`conv_mode` when given (warning on stderr if it differs from the inferred one, as LLaVA's scripts do), else
-    `conv_mode_for_model(model_name)`."""
-    inferred = conv_mode_for_model(model_name)
+    the template the model's config names (Qwen-VL: its chat template), else `conv_mode_for_model(model_name)`."""
+    inferred = getattr(model_config, "conv_mode", None) or conv_mode_for_model(model_name)
     if conv_mode is None:
         return inferred
     if conv_mode != inferred:

@@ -77,6 +77,8 @@ def process_images(images: list[Image.Image], image_processor, model_cfg) -> tor
     W] when every image has as many views, else a list of [1 + crops, 3, H, W]); anything else resizes and
     centre-crops ([N, 3, H, W])."""
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "qwen":  # Qwen-VL: per image its pixel patches [patches, 1176], at its own resolution
+        return [image_processor(images=[image], return_tensors="pt")["pixel_values"] for image in images]
     if aspect == "anyres":
         rule = getattr(model_cfg, "grid_rule", "llava")
         views = [process_anyres_image(image, image_processor, model_cfg.image_grid_pinpoints, rule) for image in images]

@@ -59,6 +59,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="LLaVA-NeXT grid selection and unpadding: the original LLaVA code's (default) or transformers'",
     )
     parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        help="Qwen-VL: smallest image area after resizing (default: checkpoint's)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="Qwen-VL: largest image area after resizing (default: checkpoint's)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="decode through torch.compile (CUDA graphs on a GPU): faster long answers after a one-off compile per "
@@ -92,6 +104,8 @@ def load_from_args(args: argparse.Namespace):
         max_memory=parse_max_memory(getattr(args, "max_memory", None)),
         image_grid_pinpoints=getattr(args, "image_grid_pinpoints", None),
         anyres_rule=getattr(args, "anyres_rule", None),
+        min_pixels=getattr(args, "min_pixels", None),
+        max_pixels=getattr(args, "max_pixels", None),
     )
     if getattr(args, "compile", False):
         model.compile_decode()

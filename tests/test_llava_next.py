@@ -224,7 +224,7 @@ def test_next_config_without_pinpoints_is_refused(tiny_next, copy_of):
         load_pretrained_model(str(folder), device="cpu")
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "llava_onevision"])
 def test_unsupported_model_types_say_what_is_supported(tiny_next_hf, copy_of, model_type):
     folder = copy_of(tiny_next_hf)
     _edit_config(folder, model_type=model_type)
@@ -232,9 +232,9 @@ def test_unsupported_model_types_say_what_is_supported(tiny_next_hf, copy_of, mo
         load_pretrained_model(str(folder), device="cpu")
 
 
-def test_qwen_style_config_is_refused_before_any_weight_is_read(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "hidden_size": 64}))
-    with pytest.raises(CheckpointConfigError, match="qwen2_5_vl"):
+def test_unknown_config_is_refused_before_any_weight_is_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "hidden_size": 64}))
+    with pytest.raises(CheckpointConfigError, match="qwen3_vl"):
         load_pretrained_model(str(tmp_path), device="cpu")
 
 

@@ -43,7 +43,9 @@ def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) ->
     parser.add_argument("--question-file", type=str, default=None)
     parser.add_argument("--image-folder", type=str, default="")
     parser.add_argument("--answers-file", type=str, required=True)
-    parser.add_argument("--conv-mode", type=str, default="llava_v1")
+    parser.add_argument(
+        "--conv-mode", type=str, default=None, help="prompt template (default: the model's own, else llava_v1)"
+    )
     parser.add_argument("--num-chunks", type=int, default=1)
     parser.add_argument("--chunk-idx", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.2)
@@ -66,8 +68,8 @@ def image_mode(args: argparse.Namespace, config) -> str:
     generator's own LLaVA-1.5 mode (`legacy_image_mode`, e.g. Q-Bench's crop); else the checkpoint's pad, or crop."""
     if args.image_mode:
         return args.image_mode
-    if config.image_aspect_ratio == "anyres":
-        return "anyres"
+    if config.image_aspect_ratio in ("anyres", "qwen"):
+        return config.image_aspect_ratio
     legacy = getattr(args, "legacy_image_mode", None)
     if legacy:
         return legacy
@@ -126,6 +128,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
     model_id = get_model_name_from_path(args.model_path)
     mode = image_mode(args, model.config)
+    args.conv_mode = args.conv_mode or getattr(model.config, "conv_mode", None) or "llava_v1"
     method = model.pruning.describe()
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     from tqdm import tqdm
@@ -187,7 +190,7 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             prompts.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt"))
         pixels, sizes = None, None
         if group_images:  # "pad" squares each image first, "crop" only resizes and crops, "anyres" cuts views
-            mode_cfg = model.config if mode == "anyres" else argparse.Namespace(image_aspect_ratio=mode)
+            mode_cfg = model.config if mode in ("anyres", "qwen") else argparse.Namespace(image_aspect_ratio=mode)
             pixels = to_device(process_images(group_images, image_processor, mode_cfg), model.device, model.dtype)
             sizes = [image.size for image in group_images]
         output = model.generate(

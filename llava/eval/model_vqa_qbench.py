@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_generation_args(parser, max_new_tokens=1024)
     # Q-Bench's LLaVA-1.5 protocol crops; LLaVA-NeXT checkpoints keep their anyres views (answering.image_mode)
-    parser.set_defaults(conv_mode="llava_v1", legacy_image_mode="crop", temperature=0.0)
+    parser.set_defaults(legacy_image_mode="crop", temperature=0.0)
     parser.add_argument("--questions-file", dest="question_file", help="alias of --question-file (LLaVA's name)")
     parser.add_argument("--lang", choices=sorted(CHOOSE), default="en")
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
 
 def eval_model(args: argparse.Namespace, loaded=None) -> str:
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
-    conv_mode = resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path))
+    conv_mode = resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path), model.config)
     prompt = build_prompt(args.query, conv_mode, model.config.mm_use_im_start_end)
     images = [load_image(f) for f in args.image_file.split(args.sep)]
     pixels = to_device(process_images(images, image_processor, model.config), model.device, model.dtype)

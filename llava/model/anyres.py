@@ -136,6 +136,7 @@ class MergeLayout:
     side: int  # patches per view side
     grid: tuple[int, int]  # (columns, rows) of crops; (0, 0) for a single view
     leading: int = 0  # tokens before the patches in each view's features ([CLS] with `cls_patch` features)
+    grid_hw: tuple[int, int] | None = None  # (rows, columns) of a single non-square view (Qwen-VL's merged grid)
 
     def __len__(self) -> int:
         return len(self.view)
@@ -147,7 +148,7 @@ class MergeLayout:
     def source(self) -> torch.Tensor:
         """Index of each token into the image's views' features flattened view-major ([num_views * (leading +
         side^2)]), NEWLINE for newline tokens."""
-        per_view = self.leading + self.side * self.side
+        per_view = self.leading + (self.side * self.side if self.grid_hw is None else self.grid_hw[0] * self.grid_hw[1])
         return torch.where(self.view < 0, self.view, self.view * per_view + self.leading + self.patch)
 
     def select(self, keep: torch.Tensor) -> MergeLayout:
@@ -194,6 +195,13 @@ def single_view_layout(side: int, newline: bool = False, cls: bool = False) -> M
         view, patch = torch.cat([view, extra]), torch.cat([patch, extra])
         row, col = torch.cat([row, torch.tensor([side - 1])]), torch.cat([col, torch.tensor([side])])
     return MergeLayout(view, patch, row, col, 1, side, (0, 0), leading=int(cls))
+
+
+def grid_layout(rows: int, cols: int) -> MergeLayout:
+    """One view of `rows` x `cols` tokens in raster order, of any aspect (Qwen-VL's merged-patch grid)."""
+    patch = torch.arange(rows * cols)
+    view = torch.zeros(len(patch), dtype=torch.long)
+    return MergeLayout(view, patch, patch // cols, patch % cols, 1, max(rows, cols), (0, 0), grid_hw=(rows, cols))
 
 
 def merge_layout(

@@ -22,6 +22,7 @@ from transformers import CLIPVisionConfig
 from llava.model.checkpoint import iter_tensors, split_key, weight_files
 from llava.model.config import HF_FORMAT, LlavaConfig
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.language_model.qwen_vl import is_qwen_vl, load_qwen_vl
 from llava.model.multimodal_encoder.clip_encoder import CLIP_L_336_CONFIG, CLIP_L_336_NAME, CLIPVisionTower
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
 from llava.model.placement import Placement, resolve_placement
@@ -228,6 +229,8 @@ def load_pretrained_model(
             "scripts/merge_lora_weights.py) and load the merged folder"
         )
     target = resolve_device(device)
+    if is_qwen_vl(checkpoint_model_type(model_dir)):
+        return _load_qwen(model_dir, target, dtype, attn_implementation, use_flash_attn, pruning, device_map, kwargs)
     explicit_map = isinstance(device_map, dict) or (isinstance(device_map, str) and device_map.lstrip().startswith("{"))
     impl = resolve_attn_implementation(attn_implementation, use_flash_attn, None if explicit_map else target)
 
@@ -269,6 +272,38 @@ def load_pretrained_model(
         model.model.layer_devices = placement.layers
         model.device_map = placement.module_map(model)
         logger.info("Decoder layers spread over %s", ", ".join(str(d) for d in dict.fromkeys(placement.layers)))
+    _apply_pruning(model, pruning)
+    context_len = config.max_sequence_length or 2048
+    return tokenizer, model, image_processor, context_len
+
+
+def checkpoint_model_type(model_dir: Path) -> str | None:
+    """The `model_type` of the folder's config.json (None if it has none or no config)."""
+    import json
+
+    path = model_dir / "config.json"
+    return json.loads(path.read_text()).get("model_type") if path.is_file() else None
+
+
+def _load_qwen(model_dir: Path, target, dtype, attn_implementation, use_flash_attn, pruning, device_map, kwargs):
+    """Qwen2-VL / Qwen2.5-VL (transformers' format): `llava.model.language_model.qwen_vl`."""
+    if isinstance(device_map, dict) or (isinstance(device_map, str) and device_map.lstrip().startswith("{")):
+        raise ValueError("--device-map is not supported for Qwen-VL checkpoints yet: load them on one device")
+    impl = resolve_attn_implementation(attn_implementation, use_flash_attn, target)
+    tokenizer, model, image_processor = load_qwen_vl(
+        str(model_dir),
+        target,
+        resolve_dtype(dtype, target),
+        impl,
+        min_pixels=kwargs.get("min_pixels"),
+        max_pixels=kwargs.get("max_pixels"),
+    )
+    model.requires_grad_(False)
+    _apply_pruning(model, pruning)
+    return tokenizer, model, image_processor, model.config.text_config.max_position_embeddings
+
+
+def _apply_pruning(model, pruning) -> None:
     if isinstance(pruning, str):
         if pruning != "env":
             raise ValueError(f"pruning must be a PruningMethod, None or 'env', got {pruning!r}")
@@ -276,8 +311,6 @@ def load_pretrained_model(
 
         pruning = pruning_from_env()
     model.set_pruning(pruning)
-    context_len = config.max_sequence_length or 2048
-    return tokenizer, model, image_processor, context_len
 
 
 def _original_tower(config: LlavaConfig, model_dir: Path, override: str | None, tower_state: dict, dtype):

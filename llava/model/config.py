@@ -299,8 +299,9 @@ class LlavaConfig:
 
 def _unsupported(model_type, source: str) -> CheckpointConfigError:
     return CheckpointConfigError(
-        f"{source}: model_type {model_type!r} is not supported. This package loads LLaVA-1.5 and LLaVA-NeXT "
-        f"checkpoints: original format (model_type {' / '.join(ORIGINAL_MODEL_TYPES)}) or llava-hf "
+        f"{source}: model_type {model_type!r} is not supported. This package loads Qwen2-VL / Qwen2.5-VL "
+        "(transformers' format, model_type qwen2_vl / qwen2_5_vl) and LLaVA-1.5 and LLaVA-NeXT checkpoints: "
+        f"original format (model_type {' / '.join(ORIGINAL_MODEL_TYPES)}) or llava-hf "
         f"(LlavaForConditionalGeneration / LlavaNextForConditionalGeneration, model_type "
         f"{' / '.join(HF_MODEL_TYPES)})."
     )

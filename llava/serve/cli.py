@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tokenizer, model, image_processor, _ = load_from_args(args)
-    conv = get_conv_template(resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path)))
+    conv = get_conv_template(resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path), model.config))
     image = load_image(args.image_file)
     pixels = to_device(process_images([image], image_processor, model.config), model.device, model.dtype)
     token = image_token(model.config.mm_use_im_start_end)

@@ -147,7 +147,7 @@ class DecoderLoop:
             hidden = layer(
                 hidden,
                 attention_mask=mask,
-                position_ids=positions,
+                position_ids=None,  # in position_embeddings already; gapped ids would look packed to FA2
                 past_key_values=cache,
                 use_cache=cache is not None,
                 position_embeddings=position_embeddings,
@@ -184,7 +184,7 @@ class DecoderLoop:
             hidden = layer(
                 hidden,
                 attention_mask=mask,
-                position_ids=positions,
+                position_ids=None,
                 past_key_values=cache,
                 use_cache=True,
                 position_embeddings=position_embeddings,
@@ -210,5 +210,8 @@ def static_attention_mask(attn_implementation: str, key_mask: torch.Tensor, dtyp
 
 
 def next_positions(positions: torch.Tensor, state: SequenceState) -> torch.Tensor:
-    """Rotary position of the token that follows `positions` ([B, L]), per sample: one past the last real token."""
-    return positions.masked_fill(~state.token_mask, -1).amax(dim=1) + 1
+    """Rotary position of the token that follows `positions` ([B, L], or M-RoPE's [B, L, 3]), per sample: one past
+    the largest id of its real tokens."""
+    mask = state.token_mask if positions.dim() == 2 else state.token_mask[..., None]
+    largest = positions.masked_fill(~mask, -1)
+    return (largest.amax(dim=1) if positions.dim() == 2 else largest.amax(dim=(1, 2))) + 1

@@ -44,8 +44,13 @@ def generate(
     streamer=None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    repetition_penalty: float | None = None,
 ) -> torch.Tensor:
-    """New tokens [B, T]; a sample that emitted EOS is padded with `pad_token_id` (default: EOS) afterwards."""
+    """New tokens [B, T]; a sample that emitted EOS is padded with `pad_token_id` (default: EOS) afterwards.
+
+    `repetition_penalty` (default: the checkpoint's generation config, 1.05 for Qwen-VL, else 1.0) divides the
+    positive and multiplies the negative logits of every token already in the prompt or the answer, as
+    transformers' `RepetitionPenaltyLogitsProcessor` does (an image counts as its image token)."""
     if num_beams != 1:
         raise ValueError("num_beams > 1 is not supported (every LLaVA evaluation script uses num_beams=1)")
     if not use_cache:
@@ -73,9 +78,14 @@ def generate(
         )
         logits = model.lm_head(prefill.hidden_states[:, -1]).float()
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=model.device)
+        penalty = getattr(model.config, "repetition_penalty", 1.0) if repetition_penalty is None else repetition_penalty
+        seen = _prompt_tokens(model, input_ids, attention_mask, logits.shape[-1]) if penalty != 1.0 else None
         tokens = []
         for step in range(max_new_tokens):
             logits[:, model.config.num_text_tokens :] = float("-inf")
+            if seen is not None:
+                penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+                logits = torch.where(seen, penalised, logits)
             if sampling:
                 probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
                 next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
@@ -83,6 +93,8 @@ def generate(
                 next_tokens = logits.argmax(-1)
             next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
             tokens.append(next_tokens)
+            if seen is not None:
+                seen[torch.arange(len(next_tokens), device=seen.device), next_tokens] = True
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
             finished |= torch.isin(next_tokens, eos_ids)
@@ -95,3 +107,18 @@ def generate(
         account.total_ms = total.ms
     model.last_accounts = prefill.accounts
     return torch.stack(tokens, dim=1)
+
+
+def _prompt_tokens(model, input_ids, attention_mask, vocab: int) -> torch.Tensor:
+    """[B, V] bool: the tokens of each sample's prompt (its image placeholders as the model's image token)."""
+    rows = list(input_ids) if not isinstance(input_ids, torch.Tensor) or input_ids.dim() > 1 else [input_ids]
+    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=model.device)
+    image_token = getattr(model.config, "image_token_id", None)
+    for b, ids in enumerate(rows):
+        ids = ids.to(model.device)
+        if attention_mask is not None:
+            ids = ids[attention_mask[b].to(model.device).bool()]
+        if image_token is not None:
+            ids = torch.where(ids < 0, image_token, ids)
+        seen[b, ids[ids >= 0]] = True
+    return seen
