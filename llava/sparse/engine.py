@@ -66,6 +66,12 @@ def layouts_from_spans(
     return layouts
 
 
+def patches_per_view(model) -> int | None:
+    """Patches of one view of the model's tower (576 for CLIP-L/336), or None where each image has its own count
+    (Qwen-VL)."""
+    return getattr(model.get_vision_tower(), "num_patches", None)
+
+
 def inputs_layouts(inputs) -> list[VisualLayout]:
     """The layouts of a spliced batch (`llava.model.llava_arch.MultimodalInputs`)."""
     tokens = None
@@ -204,10 +210,12 @@ class PrefillPlan:
         keep: list[torch.Tensor | None],
         merged: list[torch.Tensor | None] | None = None,
         renumber_positions: bool = False,
+        merged_positions: list[torch.Tensor | None] | None = None,
     ) -> SequenceState:
         """Drop visual tokens: per sample, keep the visual tokens at the (sorted) indices `keep[b]` (None = keep
         all), append `merged[b]` hidden states right after them, and left-pad the batch again. Positions are the
-        kept tokens' original ids, or renumbered 0..n-1 (SparseVLM v1.x, required with merged tokens)."""
+        kept tokens' original ids (merged tokens: `merged_positions[b]`), or renumbered 0..n-1 (SparseVLM v1.x on
+        1-D positions). Positions may be 1-D ids [B, L] or M-RoPE's [B, L, 3]."""
         hidden, positions = state.hidden_states, state.position_ids
         padded, device = hidden.shape[1], hidden.device
         merged = merged or [None] * len(keep)
@@ -228,10 +236,13 @@ class PrefillPlan:
             extra = merged[b]
             n_extra = 0 if extra is None else len(extra)
             if n_extra:
-                if not renumber_positions:
-                    raise ValueError("merged tokens need renumbered positions (they have no original position)")
                 cut = layout.prefix + len(kept)
                 h = torch.cat([h[:cut], extra.to(h.dtype), h[cut:]])
+                if not renumber_positions:
+                    extra_positions = None if merged_positions is None else merged_positions[b]
+                    if extra_positions is None:
+                        raise ValueError("merged tokens need positions: renumber, or give merged_positions")
+                    p = torch.cat([p[:cut], extra_positions.to(p.device), p[cut:]])
             if renumber_positions:
                 p = torch.arange(len(h), device=device)
             rows_h.append(h)
@@ -243,7 +254,7 @@ class PrefillPlan:
         self.layouts = new_layouts
         longest = max(len(h) for h in rows_h)
         new_hidden = hidden.new_zeros((len(rows_h), longest, hidden.shape[-1]))
-        new_positions = positions.new_zeros((len(rows_h), longest))
+        new_positions = positions.new_zeros((len(rows_h), longest, *positions.shape[2:]))
         token_mask = torch.zeros((len(rows_h), longest), dtype=torch.bool, device=device)
         for b, (h, p) in enumerate(zip(rows_h, rows_p, strict=True)):
             new_hidden[b, longest - len(h) :] = h

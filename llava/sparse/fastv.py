@@ -15,7 +15,7 @@ import torch
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.attention_rows import RowsRequest
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
+from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout, patches_per_view
 
 SCORES = ("last", "paper")
 
@@ -48,8 +48,8 @@ class FastV(PruningMethod):
         layers = model.config.num_hidden_layers
         if self.k >= layers:
             raise ValueError(f"FastV K={self.k} needs more than {self.k} decoder layers; the model has {layers}")
-        nominal = self.nominal or model.get_vision_tower().num_patches
-        if self.drop_ratio is None and not 0 < self.retained_tokens <= nominal:
+        nominal = self.nominal or patches_per_view(model)
+        if self.drop_ratio is None and not 0 < self.retained_tokens <= (nominal or self.retained_tokens):
             raise ValueError(f"fastv: --retained-tokens {self.retained_tokens} must be in 1..{nominal}")
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> FastVPlan:

@@ -51,6 +51,14 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sparse", action="store_true", help="SparseVLM v1.0: rank-adaptive budget, see --scale/--bias")
     group.add_argument("--scale", type=float, default=13.5, help="SparseVLM v1.0: keep = rank * scale + bias")
     group.add_argument("--bias", type=float, default=0.0, help="SparseVLM v1.0: keep = rank * scale + bias")
+    group.add_argument(
+        "--pruning-layers",
+        type=int,
+        nargs=3,
+        default=None,
+        help="SparseVLM: the three layers after which it prunes (default 2 6 15, the reference's and the public "
+        "Qwen port's; scaled to depth: 2 5 13 for 28 layers, 2 7 17 for 36)",
+    )
     group.add_argument("--priority-heads", type=int, default=PRIORITY_HEADS, help="SparseVLM+ (2_0) head count")
     group.add_argument("--fastv-k", type=int, default=2, help="FastV: layers that see every token (score at K-1)")
     group.add_argument("--fastv-r", type=float, default=None, help="FastV: fraction of image tokens dropped")
@@ -132,7 +140,10 @@ def _method_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Pruni
     if method == "sparsevlm":
         if args.sparse:
             return SparseVLM("v1.0", scale=args.scale, bias=args.bias, seed=seed)
-        return SparseVLM(version or "1_0", budget, priority_heads=args.priority_heads, seed=seed, ratio=ratio)
+        layers = getattr(args, "pruning_layers", None)
+        return SparseVLM(
+            version or "1_0", budget, priority_heads=args.priority_heads, seed=seed, ratio=ratio, pruning_layers=layers
+        )
     if method == "fastv":
         drop = args.fastv_r if ratio is None else 1 - ratio
         return FastV(args.fastv_k, budget, drop, args.fastv_score)

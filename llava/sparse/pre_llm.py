@@ -15,7 +15,7 @@ import math
 import torch
 
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PruningMethod
+from llava.sparse.engine import PruningMethod, patches_per_view
 
 
 class PreLLMTopK(PruningMethod):
@@ -33,7 +33,18 @@ class PreLLMTopK(PruningMethod):
         return f"{self.name} k={self.budget.describe()}"
 
     def validate(self, model) -> None:
-        patches = model.get_vision_tower().num_patches
+        patches = patches_per_view(model)
+        if self.needs_cls_attention and not hasattr(model.get_vision_tower(), "forward_with_cls_attention"):
+            raise ValueError(
+                f"{self.name} ranks patches by the vision tower's [CLS] attention, and this model's tower has no "
+                "[CLS] token (Qwen-VL). Methods that apply: sparsevlm, fastv, random, uniform."
+            )
+        if patches is None:  # each image has its own count: the budget is per image
+            if self.view_tokens is not None:
+                raise ValueError(f"{self.name}: --visual-token-num (per view) needs a model with fixed views")
+            if self.retained_tokens is not None and self.retained_tokens < 1:
+                raise ValueError(f"{self.name}: --retained-tokens must be at least 1")
+            return
         if self.view_tokens is not None:
             if not 0 < self.view_tokens <= patches:
                 raise ValueError(f"{self.name}: {self.view_tokens} tokens per view must be in 1..{patches}")
@@ -142,6 +153,14 @@ class UniformPruning(PreLLMTopK):
     """k patches on a spatially even grid (`uniform_grid`), the same for every image."""
 
     name = "uniform"
+
+    def select_tokens(self, tokens, features, cls_attention):
+        if tokens.grid_hw is None:
+            return super().select_tokens(tokens, features, cls_attention)
+        count = self.view_count(len(tokens))  # a non-square grid (Qwen-VL): stride sampling in raster order
+        if count >= len(tokens):
+            return None
+        return torch.linspace(0, len(tokens) - 1, count).round().long()
 
     def choose(self, features, cls_attention, count):
         side = math.isqrt(features.shape[1])

@@ -14,8 +14,8 @@ from llava.model.language_model import score as budgets
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.attention_rows import RowsRequest
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
-from llava.sparse.recycling import recycle
+from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout, patches_per_view
+from llava.sparse.recycling import dpc_knn_clusters, merge_clusters
 
 PRIORITY_HEADS = 14  # SparseVLM+ keeps the 14 heads with the most rater-to-visual mass (hard-coded in the reference)
 
@@ -35,6 +35,23 @@ def gravity_table(inv_freq: torch.Tensor, max_distance: int, attention_scaling: 
     head_dim = 2 * inv_freq.numel()
     distance = torch.arange(max_distance + 1, dtype=torch.float64, device=inv_freq.device)
     angles = distance[:, None] * inv_freq.double()[None, :]
+    return (2 * attention_scaling**2 * angles.cos().sum(dim=-1) / head_dim**0.5).float()
+
+
+def mrope_gravity(
+    inv_freq: torch.Tensor,
+    section: list[int],
+    rater_pos: torch.Tensor,
+    visual_pos: torch.Tensor,
+    attention_scaling: float = 1.0,
+) -> torch.Tensor:
+    """SparseVLM+'s gravity R(i, j) under M-RoPE (Qwen-VL), [raters, visual]: frequencies 0..s0-1 rotate by the
+    temporal id, the next s1 by the height id, the last s2 by the width id (transformers' `mrope_section`), so
+    R(i, j) = (2 / sqrt(d)) * sum_a cos(theta_a * (P_i[c(a)] - P_j[c(a)])) for positions P [n, 3]."""
+    axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(section)]).to(rater_pos.device)
+    offset = (rater_pos[:, None, :] - visual_pos[None, :, :]).double()  # [R, V, 3]
+    angles = offset[..., axis] * inv_freq.to(offset.device).double()  # [R, V, d/2]
+    head_dim = 2 * inv_freq.numel()
     return (2 * attention_scaling**2 * angles.cos().sum(dim=-1) / head_dim**0.5).float()
 
 
@@ -62,6 +79,7 @@ class SparseVLM(PruningMethod):
         priority_heads: int = PRIORITY_HEADS,
         seed: int | None = 0,
         ratio: float | None = None,
+        pruning_layers: tuple[int, ...] | None = None,
     ) -> None:
         if version not in ("v1.0", *budgets.VERSIONS):
             raise ValueError(f"Unknown SparseVLM version {version!r}: use v1.0, 1_0 or 2_0")
@@ -73,47 +91,75 @@ class SparseVLM(PruningMethod):
         self.seed = seed
         self.recycling = version != "2_0"
         self.renumber_positions = version != "2_0"  # quirk (v1.x): positions truncated to 0..n-1 after pruning
-        self.layers = budgets.V1_0_LAYERS if version == "v1.0" else budgets.PRUNING_LAYERS
+        default = budgets.V1_0_LAYERS if version == "v1.0" else budgets.PRUNING_LAYERS
+        self.layers = tuple(pruning_layers) if pruning_layers else default
+        if version != "v1.0" and len(self.layers) != len(budgets.PRUNING_LAYERS):
+            raise ValueError(f"SparseVLM {version} prunes at 3 layers (default {default}), got {self.layers}")
 
-    def bind(self, nominal: int) -> None:
+    def bind(self, nominal: int | None) -> None:
         super().bind(nominal)
-        if self.ratio is not None:
+        if self.ratio is not None and nominal is not None:
             self.retained_tokens = Budget(ratio=self.ratio).count(nominal, nominal)
+
+    def budget_for(self, num_visual: int) -> int:
+        """The budget for an image of `num_visual` tokens where images have their own counts (Qwen-VL): the count
+        as given, or `ratio` of the image's tokens."""
+        if self.ratio is not None and self.nominal is None:
+            return Budget(ratio=self.ratio).count(num_visual, num_visual)
+        return self.retained_tokens
 
     def describe(self) -> str:
         if self.version == "v1.0":
             return f"sparsevlm v1.0 (rank, scale={self.scale}, bias={self.bias})"
-        return f"sparsevlm {self.version} RETAIN_TOKN={self.retained_tokens}"
+        budget = f"ratio {self.ratio:g}" if self.ratio is not None and self.nominal is None else self.retained_tokens
+        layers = "" if self.layers == budgets.PRUNING_LAYERS else f" layers={','.join(map(str, self.layers))}"
+        return f"sparsevlm {self.version} RETAIN_TOKN={budget}{layers}"
 
     def schedule(self, num_visual: int, num_layers: int, view_tokens: int | None = None) -> tuple[int, ...] | None:
-        """Tokens kept after each pruning layer for an image of `num_visual` rankable tokens.
+        """Tokens kept after each pruning layer for an image of `num_visual` rankable tokens (None: keep all).
 
         On a single-view model (LLaVA-1.5) the budget's schedule is used as listed or derived
-        (`score.schedule_for`). On a multi-view model (LLaVA-NeXT) the ratio is kept: the schedule of the same
-        fraction of one `view_tokens`-token view, scaled to `num_visual` (specs/llava_next.md 5.6)."""
+        (`score.schedule_for`). Elsewhere the ratio is kept: the schedule of the same fraction of one
+        `view_tokens`-token view (LLaVA-NeXT: its views; Qwen-VL, whose images each have their own count and whose
+        budget is per image: LLaVA's 576-token view, `score.REFERENCE_VISUAL_TOKENS`), derived for the model's
+        depth and pruning layers and scaled to `num_visual` (specs/llava_next.md 5.6, specs/qwen2_5_vl.md 6.2)."""
         if self.version == "v1.0":
             if num_layers <= max(self.layers):
                 raise ValueError(f"SparseVLM v1.0 prunes after layers {self.layers}; the model has {num_layers} layers")
             return None
         nominal = self.nominal or num_visual
-        view_tokens = view_tokens or nominal
+        retained = self.retained_tokens
+        if view_tokens is None:
+            retained = self.budget_for(num_visual)
+            if retained >= num_visual:
+                return None  # the image has no more tokens than the budget
+            view_tokens = budgets.REFERENCE_VISUAL_TOKENS
         if view_tokens == nominal == num_visual:
-            return budgets.schedule_for(self.retained_tokens, self.version, num_visual, num_layers)
-        per_view = round(self.retained_tokens * view_tokens / nominal)
+            return budgets.schedule_for(retained, self.version, num_visual, num_layers, self.layers)
+        per_view = round(retained * view_tokens / nominal)
         try:
-            base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers)
+            base = budgets.schedule_for(per_view, self.version, view_tokens, num_layers, self.layers)
         except ValueError as err:
             raise ValueError(
-                f"RETAIN_TOKN={self.retained_tokens} of {nominal} nominal visual tokens is {per_view} per "
+                f"RETAIN_TOKN={retained} of {nominal} visual tokens is {per_view} per "
                 f"{view_tokens}-token view, which SparseVLM's schedules cannot reach ({err}). "
-                f"Scale that per-view range by {nominal // view_tokens} for the totals that work."
+                f"Scale that per-view range by {nominal / view_tokens:.3g} for the totals that work."
             ) from None
         return tuple(max(1, min(num_visual - 1, round(c * num_visual / view_tokens))) for c in base)
 
     def validate(self, model) -> None:
         """Raise now (at model build time) if this budget cannot run on `model`."""
-        patches = model.get_vision_tower().num_patches
-        self.schedule(self.nominal or patches, model.config.num_hidden_layers, patches)
+        patches = patches_per_view(model)
+        layers = model.config.num_hidden_layers
+        if patches is None:  # per-image counts: check the layers and the budget on LLaVA's reference view
+            if self.version != "v1.0" and self.ratio is None and self.retained_tokens < budgets.REFERENCE_VISUAL_TOKENS:
+                budgets.schedule_for(
+                    self.retained_tokens, self.version, budgets.REFERENCE_VISUAL_TOKENS, layers, self.layers
+                )
+            elif max(self.layers) >= layers:
+                raise ValueError(f"SparseVLM prunes after layers {self.layers}; the model has {layers} layers")
+            return
+        self.schedule(self.nominal or patches, layers, patches)
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> SparseVLMPlan:
         return SparseVLMPlan(self, layouts, model, inputs)
@@ -126,7 +172,7 @@ class SparseVLMPlan(PrefillPlan):
         self.method = method
         self.model = model
         self.stage = {layer: i for i, layer in enumerate(method.layers)}
-        view_tokens = model.get_vision_tower().num_patches
+        view_tokens = patches_per_view(model)
         self.rankable = [self.rankable_count(b) for b in range(len(layouts))]
         self.schedules = {v: method.schedule(v, text.num_hidden_layers, view_tokens) for v in set(self.rankable) if v}
         # Raters, once per prefill, from the layer-0 inputs, never recomputed from deeper layers (quirk); stored
@@ -153,12 +199,13 @@ class SparseVLMPlan(PrefillPlan):
         if request is None:
             return state
         padded = state.hidden_states.shape[1]
-        keep, merged = [], []
+        keep, merged, merged_positions = [], [], []
         for b, layout in enumerate(self.layouts):
             n_raters = len(self.raters[b])
             if layout.visual == 0 or n_raters == 0:
                 keep.append(None)
                 merged.append(None)
+                merged_positions.append(None)
                 continue
             start = layout.visual_start(padded)
             probs = request.probs[b, :, :n_raters, start : start + layout.visual]  # [H, raters, V]
@@ -166,15 +213,23 @@ class SparseVLMPlan(PrefillPlan):
             scores = relation.mean(dim=0)  # [V]
             self.accounts[b].method_flops += 4.0 * probs.shape[0] * n_raters * padded * self.head_dim
             count = self._keep_count(b, relation, self.rankable_count(b), layer_idx)
-            if count is None:  # v1.0 with rank == V: no pruning, no recycling
+            if count is None:  # v1.0 with rank == V, or an image within the budget: no pruning, no recycling
                 keep.append(None)
                 merged.append(None)
+                merged_positions.append(None)
                 continue
             kept = self.top_tokens(b, scores, count)
             self.accounts[b].kept[layer_idx] = kept
             keep.append(kept)
-            merged.append(self._recycle(b, state, scores, kept, start, layer_idx) if self.method.recycling else None)
-        return self.rebuild(state, keep, merged, renumber_positions=self.method.renumber_positions)
+            tokens, centres = (None, None)
+            if self.method.recycling:
+                tokens, centres = self._recycle(b, state, scores, kept, start, layer_idx) or (None, None)
+            merged.append(tokens)
+            merged_positions.append(None if centres is None else state.position_ids[b, start + centres])
+        # quirk (v1.x): positions renumbered 0..n-1 after pruning. Under M-RoPE (Qwen-VL) ids are kept, as every
+        # public port does, and a merged token takes its cluster centre's ids (specs/qwen2_5_vl.md 4.4).
+        renumber = self.method.renumber_positions and state.position_ids.dim() == 2
+        return self.rebuild(state, keep, merged, renumber, merged_positions)
 
     def _relation(self, probs, positions, rows, start, num_visual) -> torch.Tensor:
         """Rater x visual attention [raters, V], averaged over heads (all heads; for 2_0 the priority heads of the
@@ -184,9 +239,15 @@ class SparseVLMPlan(PrefillPlan):
         rotary = self.model.model.rotary_emb
         rater_pos = positions[rows]
         visual_pos = positions[start : start + num_visual]
-        distance = (rater_pos[:, None] - visual_pos[None, :]).abs()
-        table = gravity_table(rotary.inv_freq.to(distance.device), int(distance.max()), rotary.attention_scaling)
-        corrected = probs / table[distance][None]  # quirk: R may approach 0 for distances near 1900+
+        if positions.dim() == 2:  # M-RoPE: R depends on the 3-D offset
+            gravity = mrope_gravity(
+                rotary.inv_freq, rotary.mrope_section, rater_pos, visual_pos, rotary.attention_scaling
+            )
+        else:
+            distance = (rater_pos[:, None] - visual_pos[None, :]).abs()
+            table = gravity_table(rotary.inv_freq.to(distance.device), int(distance.max()), rotary.attention_scaling)
+            gravity = table[distance]
+        corrected = probs / gravity[None]  # quirk: R may approach 0 for distances near 1900+
         heads = min(self.method.priority_heads, corrected.shape[0])
         mass = corrected.sum(dim=(1, 2))
         chosen = torch.topk(mass, heads).indices
@@ -196,10 +257,14 @@ class SparseVLMPlan(PrefillPlan):
         if self.method.version == "v1.0":
             return rank_budget(relation, num_visual, self.method.scale, self.method.bias)
         schedule = self.schedules[self.rankable[b]]
+        if schedule is None:
+            return None
         # quirk: capped at V - 1, so every pruning event drops at least one token (and, with recycling, adds one)
         return min(schedule[self.stage[layer_idx]], num_visual - 1)
 
-    def _recycle(self, b, state, scores, kept, start, layer_idx) -> torch.Tensor | None:
+    def _recycle(self, b, state, scores, kept, start, layer_idx) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(merged tokens [c, D], the visual index of each one's cluster centre [c]), or None if nothing was
+        pruned."""
         pruned_mask = torch.ones_like(scores, dtype=torch.bool)
         pruned_mask[kept] = False
         pruned = torch.nonzero(pruned_mask).flatten()
@@ -213,4 +278,5 @@ class SparseVLMPlan(PrefillPlan):
         if self.method.seed is not None:
             generator = torch.Generator().manual_seed(self.method.seed * 1000 + layer_idx)
         self.accounts[b].method_flops += 2.0 * num_recycled * num_recycled * tokens.shape[-1]
-        return recycle(tokens, clusters, generator)
+        assignment, centres = dpc_knn_clusters(tokens, clusters, k=clusters, generator=generator)
+        return merge_clusters(tokens, assignment, clusters), pruned[order][centres]

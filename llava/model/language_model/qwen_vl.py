@@ -253,7 +253,7 @@ def load_qwen_vl(model_path: str, device, dtype, attn_implementation: str, min_p
     pixel_bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     image_processor = AutoImageProcessor.from_pretrained(model_path, **pixel_bounds)
     size = image_processor.size
-    config = QwenVLConfig(hf_config, size["shortest_edge"], size["longest_edge"])
+    config = QwenVLConfig(hf_model.config, size["shortest_edge"], size["longest_edge"])  # the layers' own config
     config.repetition_penalty = float(getattr(hf_model.generation_config, "repetition_penalty", None) or 1.0)
     model = QwenVLForCausalLM(hf_model, config, attn_implementation).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 PRUNING_LAYERS = (2, 6, 15)
+REFERENCE_VISUAL_TOKENS = 576  # the image the schedules below were tuned on (LLaVA-1.5: one 24 x 24 view)
 V1_0_LAYERS = (2, 6, 15, 19)
 VERSIONS = ("1_0", "2_0")
 
@@ -74,7 +75,13 @@ def equal_tokens(counts_after: list[int], num_visual: int, convention: str = "re
     raise ValueError(f"Unknown equal-token convention {convention!r}")
 
 
-def derive_schedule(budget: int, version: str, num_visual: int = 576, num_layers: int = 32) -> tuple[int, ...]:
+def derive_schedule(
+    budget: int,
+    version: str,
+    num_visual: int = 576,
+    num_layers: int = 32,
+    pruning_layers: tuple[int, ...] = PRUNING_LAYERS,
+) -> tuple[int, ...]:
     """A schedule for a budget `SCHEDULES` does not list.
 
     Rule: interpolate each layer's count linearly between the two listed budgets around `budget` (outside the
@@ -99,7 +106,7 @@ def derive_schedule(budget: int, version: str, num_visual: int = 576, num_layers
         return tuple(max(1, min(num_visual - 1, round(alpha * c))) for c in base)
 
     def measure(alpha: float) -> float:
-        counts = visual_counts(realise(alpha), num_visual, num_layers, PRUNING_LAYERS, recycling)
+        counts = visual_counts(realise(alpha), num_visual, num_layers, pruning_layers, recycling)
         return equal_tokens(counts, num_visual)
 
     lo_a, hi_a = 0.0, 2.0 * num_visual / max(min(base), 1e-9)
@@ -112,30 +119,36 @@ def derive_schedule(budget: int, version: str, num_visual: int = 576, num_layers
     best = min((lo_a, hi_a), key=lambda a: abs(measure(a) - budget))
     if abs(measure(best) - budget) > 1:
         low, high = (
-            equal_tokens(visual_counts((c,) * len(base), num_visual, num_layers, PRUNING_LAYERS, recycling), num_visual)
+            equal_tokens(visual_counts((c,) * len(base), num_visual, num_layers, pruning_layers, recycling), num_visual)
             for c in (1, num_visual - 1)
         )
         raise ValueError(
             f"RETAIN_TOKN={budget} cannot be met with {num_visual} visual tokens and {num_layers} layers pruned after "
-            f"layers {PRUNING_LAYERS}: reachable equal-token counts run from {math.ceil(low)} to {math.floor(high)}. "
+            f"layers {pruning_layers}: reachable equal-token counts run from {math.ceil(low)} to {math.floor(high)}. "
             f"Choose a budget in that range or add a schedule to SCHEDULES in {__name__}."
         )
     return realise(best)
 
 
-def schedule_for(budget: int, version: str, num_visual: int = 576, num_layers: int = 32) -> tuple[int, ...]:
+def schedule_for(
+    budget: int,
+    version: str,
+    num_visual: int = 576,
+    num_layers: int = 32,
+    pruning_layers: tuple[int, ...] = PRUNING_LAYERS,
+) -> tuple[int, ...]:
     """The listed schedule for `budget` (if the model is the 32-layer, 576-token shape they were tuned for), else a
     derived one; clear errors for budgets that cannot be met."""
     if version not in VERSIONS:
         raise ValueError(f"Unknown SparseVLM version {version!r} (USE_VERSION / --sparse-version): use 1_0 or 2_0")
-    if num_layers <= max(PRUNING_LAYERS):
+    if num_layers <= max(pruning_layers):
         raise ValueError(
-            f"SparseVLM prunes after layers {PRUNING_LAYERS}, but the model has only {num_layers} decoder layers"
+            f"SparseVLM prunes after layers {pruning_layers}, but the model has only {num_layers} decoder layers"
         )
     if budget <= 0 or budget >= num_visual:
         raise ValueError(
             f"RETAIN_TOKN={budget} is not a pruning budget for {num_visual} visual tokens: use 0 < N < {num_visual}"
         )
-    if budget in SCHEDULES[version] and num_visual == 576 and num_layers == 32:
+    if budget in SCHEDULES[version] and num_visual == 576 and num_layers == 32 and pruning_layers == PRUNING_LAYERS:
         return SCHEDULES[version][budget]
-    return derive_schedule(budget, version, num_visual, num_layers)
+    return derive_schedule(budget, version, num_visual, num_layers, pruning_layers)
