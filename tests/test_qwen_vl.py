@@ -144,3 +144,22 @@ def test_min_max_pixels_reach_the_processor_and_the_model(tmp_path):
     pixels = process_images([image], processor, model.config)[0]
     rows, cols = model.image_grid(image.size)
     assert rows * cols <= 64 and pixels.shape[0] == rows * cols * 4
+
+
+def test_decoder_flops_count_grouped_query_projections(qwen):
+    """FLOPs (multiply-accumulates) of a prefill = per layer, n x (weights of every projection) + 2n^2d attention:
+    the Qwen layers' key / value projections are narrower than the hidden size (grouped-query attention)."""
+    _, tokenizer, model, processor, reference = qwen
+    image = random_image(9, (100, 80))
+    ids = prompt(tokenizer, model, "What?")
+    model.generate(ids[None], images=process_images([image], processor, model.config), image_sizes=[image.size])
+    account = model.last_accounts[0]
+    text = reference.config.text_config
+    layer = reference.model.language_model.layers[0]
+    weights = sum(
+        m.weight.numel() for m in [*layer.self_attn.children(), *layer.mlp.children()] if hasattr(m, "weight")
+    )
+    n = account.tokens_into_layer[0]
+    assert n == ids.numel() - 1 + account.num_visual
+    assert layer.self_attn.k_proj.weight.shape[0] < text.hidden_size
+    assert account.decoder_flops == text.num_hidden_layers * (n * weights + 2 * n * n * text.hidden_size)

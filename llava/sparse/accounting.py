@@ -4,8 +4,10 @@ Conventions (stated because the field mixes them up):
 - equal tokens, "reference": mean over decoder layers of the visual tokens each layer *outputs* (SparseVLM's log,
   192.03 for its 192 schedule); "input": of the visual tokens each layer *receives* (SparseVLM issue #35).
 - decoder FLOPs: sum over layers of 4nd^2 + 2n^2d + 3ndm with n the whole sequence entering the layer (multiply-
-  accumulates, FastV/SparseVLM convention, three FFN matrices); the pruning method's own work (scores, ranks,
-  clustering) is counted apart, as `method_flops`. Vision tower, projector and lm_head are not included.
+  accumulates, FastV/SparseVLM convention, three FFN matrices); with grouped-query attention (Qwen-VL) the key and
+  value projections are n*d*d_kv each, so 2nd^2 + 2n*d*d_kv replaces 4nd^2 (d_kv = d for LLaVA); the pruning
+  method's own work (scores, ranks, clustering) is counted apart, as `method_flops`. Vision tower, projector and
+  lm_head are not included.
 - times: decoder prefill (layers only) and whole generation, per batch (every sample of a batch shows its batch's
   time); CUDA events on GPU, perf_counter on CPU.
 - KV cache: bytes of the keys and values this sample's real tokens occupy across all layers after prefill.
@@ -31,6 +33,7 @@ class SampleAccount:
     method_flops: float = 0.0
     hidden_size: int = 0
     intermediate_size: int = 0
+    kv_size: int | None = None  # key/value projection width (kv heads x head dim); None = hidden_size (no GQA)
     kv_bytes_per_token_layer: int = 0
     prefill_ms: float | None = None
     total_ms: float | None = None
@@ -62,7 +65,8 @@ class SampleAccount:
     @property
     def decoder_flops(self) -> float:
         d, m = self.hidden_size, self.intermediate_size
-        return float(sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in self.tokens_into_layer))
+        d_kv = d if self.kv_size is None else self.kv_size
+        return float(sum(2 * n * d * (d + d_kv) + 2 * n * n * d + 3 * n * d * m for n in self.tokens_into_layer))
 
     @property
     def kv_cache_bytes(self) -> int:

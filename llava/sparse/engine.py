@@ -111,6 +111,7 @@ class PrefillPlan:
                 num_encoded=None if num_encoded is None else num_encoded[b],
                 hidden_size=text_config.hidden_size,
                 intermediate_size=text_config.intermediate_size,
+                kv_size=text_config.num_key_value_heads * self.head_dim,
                 kv_bytes_per_token_layer=bytes_per,
             )
             for b, layout in enumerate(layouts)
