@@ -51,6 +51,13 @@ def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) ->
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="default: the checkpoint's generation config (1.05 for Qwen-VL Instruct, as transformers and lmms-eval "
+        "apply it), else 1.0; recorded in each answer's metadata",
+    )
     parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=1, help="questions per forward pass (left-padded)")
     parser.add_argument(
@@ -173,6 +180,9 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             ready.append(i)
         except Exception as err:  # unreadable, missing or corrupt image: record and go on
             results[i] = ("", {}, f"image could not be read: {type(err).__name__}: {err}")
+    penalty = args.repetition_penalty
+    if penalty is None:
+        penalty = getattr(model.config, "repetition_penalty", 1.0)
     with_image = [i for i in ready if batch[i].image is not None]
     without_image = [i for i in ready if batch[i].image is None]
     # a batch mixes image and text-only questions only as two sub-batches (each sample must hold one image)
@@ -203,9 +213,10 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             top_p=args.top_p,
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
+            repetition_penalty=penalty,
             generator=generator,
         )
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)
         for i, text, account in zip(group, texts, model.last_accounts, strict=True):
-            results[i] = (text.strip(), account.as_metadata(), None)
+            results[i] = (text.strip(), {**account.as_metadata(), "repetition_penalty": penalty}, None)
     return results

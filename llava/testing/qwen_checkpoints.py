@@ -203,6 +203,7 @@ def _hub_config(
     vision_heads: int,
     dtype: torch.dtype,
     tie_word_embeddings: bool,
+    vision_intermediate: int | None = None,
 ) -> dict:
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
@@ -214,7 +215,7 @@ def _hub_config(
             "depth": vision_depth,
             "hidden_act": "silu",
             "hidden_size": vision_hidden,
-            "intermediate_size": 2 * vision_hidden,
+            "intermediate_size": vision_intermediate or 2 * vision_hidden,
             "num_heads": vision_heads,
             "in_chans": 3,
             "out_hidden_size": hidden_size,
@@ -222,8 +223,11 @@ def _hub_config(
             "spatial_merge_size": 2,
             "spatial_patch_size": 14,
             "window_size": 112,
-            # Full attention every other block ([7, 15, 23, 31] for the real depth 32): both kinds exist.
-            "fullatt_block_indexes": list(range(1, vision_depth, 2)),
+            # Full attention in every 8th block from the 8th, [7, 15, 23, 31] as in the real depth 32; every other
+            # block below depth 8, so that tiny towers have both kinds.
+            "fullatt_block_indexes": list(
+                range(7, vision_depth, 8) if vision_depth >= 8 else range(1, vision_depth, 2)
+            ),
             "tokens_per_second": 2,
             "temporal_patch_size": 2,
         }
@@ -301,16 +305,24 @@ def write_tiny_qwen_vl(
     tie_word_embeddings: bool = False,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    vocab_size: int | None = None,
+    vision_intermediate: int | None = None,
+    num_shards: int = 2,
 ) -> Path:
     """A random Qwen2.5-VL (`family="qwen2_5_vl"`) or Qwen2-VL (`"qwen2_vl"`) checkpoint folder in the Hub's format;
     returns the folder. It loads with transformers' `*ForConditionalGeneration.from_pretrained` (no missing or
-    unexpected keys), `AutoTokenizer` and `Qwen2VLImageProcessorPil` / `AutoImageProcessor(..., use_fast=False)`."""
+    unexpected keys), `AutoTokenizer` and `Qwen2VLImageProcessorPil` / `AutoImageProcessor(..., use_fast=False)`.
+    `vocab_size` (default: the tiny tokenizer's, rounded up to 64) and `vision_intermediate` give real-size shapes
+    (152,064 and 3,420 for Qwen2.5-VL-7B) to benchmarks; the tokenizer stays the tiny one."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = save_qwen_tokenizer(folder, family)
-    vocab_size = -(-(max(ids.values()) + 1) // 64) * 64
+    minimal = -(-(max(ids.values()) + 1) // 64) * 64
+    if vocab_size is not None and vocab_size < minimal:
+        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {minimal}")
+    vocab_size = vocab_size or minimal
     config = _hub_config(
         family,
         ids,
@@ -325,6 +337,7 @@ def write_tiny_qwen_vl(
         vision_heads,
         dtype,
         tie_word_embeddings,
+        vision_intermediate,
     )
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig as Config
@@ -343,7 +356,7 @@ def write_tiny_qwen_vl(
     state = {_legacy_name(k): v for k, v in model.state_dict().items()}
     if tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    _save_shards(state, folder, num_shards=2, safetensors=True)
+    _save_shards(state, folder, num_shards=num_shards, safetensors=True)
 
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(
