@@ -7,6 +7,8 @@
     python -m llava.bench --shape cpu --methods none sparsevlm-2_0-64 --new-tokens 16 --compile   # decode paths
     python -m llava.bench --smoke                       # seconds: tiny shape, every row and column
     python -m llava.bench --shape cpu-next --smoke      # the same for the tiny NeXT shape
+    python -m llava.bench --shape cpu-qwen              # Qwen2.5-VL widths at CPU size, 1,296 visual tokens
+    python -m llava.bench --shape qwen2.5-vl-7b --dtype bfloat16 --attn sdpa   # Qwen2.5-VL-7B, on a GPU
 
 Random-weight models of the named shape are written in the real checkpoint format and loaded through
 `load_pretrained_model`; random weights give true timings because every budget here fixes the token counts. The
@@ -34,6 +36,13 @@ the same way (decoder prefill by hooks around its language model). With several 
 has the transformers row and the compiled decoding, and the results compare each method's kept visual tokens across
 the implementations on the same inputs. `--methods` picks rows (`none` always runs). Results:
 `<out>/<shape>-<dtype>.json`, `.md` and `.png`, written after each table. `scripts/bench/gpu.sh` is the GPU run.
+
+Qwen shapes (`qwen2.5-vl-7b`, `cpu-qwen`, `tiny-qwen`) are Qwen2.5-VL checkpoints in the Hub's format (grouped-query
+attention, M-RoPE, the windowed ViT and its 2x2 merger) given a 1008x1008 image: 36 x 36 = 1,296 visual tokens with
+the checkpoint's pixel bounds, prompted with the model's chat template. Budgets are 432 / 288 / 144 tokens, a third,
+two ninths and a ninth of the image (the papers' 33.3 / 22.2 / 11.1 %, what 192 / 128 / 64 are of LLaVA's 576);
+FasterVLM has no [CLS] there and is left out. The `transformers` row is `Qwen2_5_VLForConditionalGeneration` on the
+same folder (both apply the checkpoint's repetition penalty).
 """
 
 from __future__ import annotations
@@ -63,14 +72,21 @@ SHAPES = {
     "llava-v1.6-7b": (4096, 32, 32, 32, 11008, 32000, 1024, 24, 16, 4096),
     "cpu-next": (1024, 32, 8, 8, 2752, 32000, 256, 24, 4, 1024),
     "tiny-next": (64, 32, 4, 4, 172, 512, 32, 3, 4, 128),
+    # Qwen2.5-VL checkpoints: the 7B's widths (GQA, 4 kv heads of 128), a CPU size with its head sizes, and tiny
+    "qwen2.5-vl-7b": (3584, 28, 28, 4, 18944, 152064, 1280, 32, 16, 3420),
+    "cpu-qwen": (1024, 28, 8, 2, 2752, 32000, 256, 8, 4, 512),
+    "tiny-qwen": (64, 28, 4, 2, 172, 576, 32, 4, 4, 64),
 }
 NEXT_SHAPES = frozenset({"llava-v1.6-7b", "cpu-next", "tiny-next"})
+QWEN_SHAPES = frozenset({"qwen2.5-vl-7b", "cpu-qwen", "tiny-qwen"})
 BUDGETS = (192, 128, 64)  # LLaVA-1.5: of 576 visual tokens
 # LLaVA-NeXT: totals against the nominal 2,880 (five views of 576), scaled to the image's own count: the papers'
 # 640 / 320, and 240 (48 per view) for their 160, which SparseVLM cannot reach (see the module docstring).
 NEXT_BUDGETS = (640, 320, 240)
 IMAGE_SIZE = (320, 240)  # LLaVA-1.5 pads it to a square: 576 tokens whatever its size
 NEXT_IMAGE_SIZE = (672, 672)  # LLaVA-1.6's largest 2x2 grid: 576 + 48 x (48 + 1 newline) = 2,928 tokens
+QWEN_BUDGETS = (432, 288, 144)  # Qwen2.5-VL: of 1,296 visual tokens, the shares 192 / 128 / 64 are of 576
+QWEN_IMAGE_SIZE = (1008, 1008)  # a multiple of 28 on both sides: 36 x 36 merged tokens, no resizing
 QUESTION = "What is the color of the bus in the image?\nAnswer the question using a single word or phrase."
 
 
@@ -78,8 +94,22 @@ def is_next(shape: str) -> bool:
     return shape in NEXT_SHAPES
 
 
+def is_qwen(shape: str) -> bool:
+    return shape in QWEN_SHAPES
+
+
 def budgets_for(shape: str) -> tuple[int, ...]:
-    return NEXT_BUDGETS if is_next(shape) else BUDGETS
+    return NEXT_BUDGETS if is_next(shape) else QWEN_BUDGETS if is_qwen(shape) else BUDGETS
+
+
+def image_size_for(shape: str) -> tuple[int, int]:
+    return NEXT_IMAGE_SIZE if is_next(shape) else QWEN_IMAGE_SIZE if is_qwen(shape) else IMAGE_SIZE
+
+
+def methods_for(shape: str) -> list[tuple[str, object]]:
+    """The rows of a shape: Qwen-VL has no [CLS], so no FasterVLM."""
+    rows = methods(budgets_for(shape))
+    return [(name, m) for name, m in rows if not (is_qwen(shape) and m.needs_cls_attention)]
 
 
 def methods(budgets: tuple[int, ...] = BUDGETS) -> list[tuple[str, object]]:
@@ -104,6 +134,24 @@ def write_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
     from llava.testing.checkpoints import write_tiny_clip, write_tiny_llava
 
     hidden, layers, heads, kv, mlp, vocab, v_hidden, v_layers, v_heads, v_mlp = SHAPES[shape]
+    if is_qwen(shape):
+        from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
+
+        return write_tiny_qwen_vl(
+            folder / f"bench-{shape}",
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv,
+            intermediate_size=mlp,
+            vocab_size=vocab,
+            vision_hidden=v_hidden,
+            vision_depth=v_layers,
+            vision_heads=v_heads,
+            vision_intermediate=v_mlp,
+            num_shards=4,
+            dtype=dtype,
+        )
     clip = write_tiny_clip(
         folder / "clip",
         hidden_size=v_hidden,
@@ -218,10 +266,14 @@ def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> f
     """Answers per second generating `new_tokens` tokens for a batch of identical requests."""
     from llava.sparse.accounting import Timer
 
+    if isinstance(pixels, list):  # Qwen-VL: a [patches, 1176] tensor per image
+        images = pixels * batch
+    else:  # [B, 3, H, W], or NeXT's [B, views, 3, H, W]
+        images = pixels.expand(batch, *pixels.shape[1:])
     with Timer(model.device) as t:
         model.generate(
             [ids[0]] * batch,
-            images=pixels.expand(batch, *pixels.shape[1:]),  # [B, 3, H, W], or NeXT's [B, views, 3, H, W]
+            images=images,
             image_sizes=[image_size] * batch,
             max_new_tokens=new_tokens,
             eos_token_id=-1,
@@ -231,22 +283,25 @@ def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> f
 
 class TransformersReference:
     """transformers' own `LlavaForConditionalGeneration` (`LlavaNext...` for NeXT shapes) on the llava-hf copy of
-    the same random weights, unpruned: the `transformers` row, timed like ours (`TokenClock`; decoder prefill by
-    hooks around its language model's first call)."""
+    the same random weights (`Qwen2_5_VL...` on the same folder for Qwen shapes), unpruned: the `transformers` row,
+    timed like ours (`TokenClock`; decoder prefill by hooks around its language model's first call)."""
 
     def __init__(self, original: Path, dtype: torch.dtype, attn: str, device: torch.device) -> None:
         import transformers
 
         from llava.testing import convert_to_llava_hf
 
-        folder = original.parent / f"{original.name}-hf"
-        if not (folder / "config.json").is_file():
-            convert_to_llava_hf(original, folder)
+        folder = original
+        if json.loads((original / "config.json").read_text())["model_type"] == "llava":
+            folder = original.parent / f"{original.name}-hf"
+            if not (folder / "config.json").is_file():
+                convert_to_llava_hf(original, folder)
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         model_class = getattr(transformers, architecture)
         self.model = model_class.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn).to(device).eval()
         self.device = device
         self.next = architecture.startswith("LlavaNext")
+        self.qwen = architecture.startswith("Qwen")
         self._prefill_ms: float | None = None
         language_model = self.model.model.language_model
         language_model.register_forward_pre_hook(self._start)
@@ -263,14 +318,24 @@ class TransformersReference:
             self._timer.__exit__(None, None, None)
             self._prefill_ms = self._timer.ms
 
-    def inputs(self, ids: torch.Tensor, pixels: torch.Tensor, image_size, visual_tokens: int, batch: int) -> dict:
-        """transformers' input layout for our prompt: the image placeholder expanded to its visual tokens."""
+    def inputs(self, ids: torch.Tensor, pixels, image_size, visual_tokens: int, batch: int, grid=None) -> dict:
+        """transformers' input layout for our prompt: the image placeholder expanded to its visual tokens (Qwen:
+        the patches of every image concatenated, their `image_grid_thw` and token types)."""
         from llava.constants import IMAGE_TOKEN_INDEX
 
+        config = self.model.config
+        image_token = config.image_token_id if self.qwen else config.image_token_index
         ids = ids[0]
         at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-        image = torch.full((visual_tokens,), self.model.config.image_token_index, device=ids.device)
+        image = torch.full((visual_tokens,), image_token, device=ids.device)
         hf_ids = torch.cat([ids[:at], image, ids[at + 1 :]])[None].expand(batch, -1).to(self.device)
+        if self.qwen:
+            return {
+                "input_ids": hf_ids,
+                "pixel_values": pixels[0].repeat(batch, 1),
+                "image_grid_thw": grid.repeat(batch, 1).to(self.device),
+                "mm_token_type_ids": (hf_ids == image_token).long(),
+            }
         out = {"input_ids": hf_ids, "pixel_values": pixels.expand(batch, *pixels.shape[1:])}
         if self.next:
             out["image_sizes"] = torch.tensor([[image_size[1], image_size[0]]] * batch, device=self.device)
@@ -310,11 +375,12 @@ def run(args, save=lambda results: None) -> dict:
     model_dir = workdir / f"bench-{args.shape}"
     if not (model_dir / "config.json").is_file():
         model_dir = write_checkpoint(args.shape, workdir, dtype)
-    image = random_image(0, NEXT_IMAGE_SIZE if is_next(args.shape) else IMAGE_SIZE)
+    image = random_image(0, image_size_for(args.shape))
     results = {
         "shape": args.shape,
         "dims": SHAPES[args.shape],
         "next": is_next(args.shape),
+        "qwen": is_qwen(args.shape),
         "image_size": list(image.size),
         "budgets": list(budgets_for(args.shape)),
         "batches": list(args.batches),
@@ -336,11 +402,11 @@ def run(args, save=lambda results: None) -> dict:
             attn_implementation=attn,
             pruning=None,
         )
-        conv = get_conv_template("vicuna_v1")
+        conv = get_conv_template(model.config.conv_mode if is_qwen(args.shape) else "vicuna_v1")
         conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None].to(model.device)
-        rows = [(name, m) for name, m in methods(budgets_for(args.shape)) if name in args.methods or name == "none"]
+        rows = [(name, m) for name, m in methods_for(args.shape) if name in args.methods or name == "none"]
         # The pixels as the model's config asks for them once the method is set (on NeXT, FasterVLM's reference
         # mode brings its own grid rule); processed outside the timed region.
         pixels = {}
@@ -353,8 +419,10 @@ def run(args, save=lambda results: None) -> dict:
             model.set_pruning(None)
             visual = model.prefill(ids, pixels["none"], use_cache=False, image_sizes=[image.size]).accounts[0]
             reference = TransformersReference(model_dir, dtype, attn, model.device)
+            grid = processor(images=[image], return_tensors="pt")["image_grid_thw"] if reference.qwen else None
             ref_inputs = {
-                b: reference.inputs(ids, pixels["none"], image.size, visual.num_visual, b) for b in {1, *args.batches}
+                b: reference.inputs(ids, pixels["none"], image.size, visual.num_visual, b, grid)
+                for b in {1, *args.batches}
             }
         samples: dict[str, list[Sample]] = {name: [] for name, _ in rows}
         samples["transformers"] = []
@@ -479,7 +547,11 @@ def _device_name(args) -> str:
 
 def markdown(results: dict) -> str:
     w, h = results.get("image_size", IMAGE_SIZE)
-    family = "LLaVA-NeXT checkpoint (anyres, spatial_unpad)" if results.get("next") else "LLaVA-1.5 checkpoint"
+    family = "LLaVA-1.5 checkpoint"
+    if results.get("next"):
+        family = "LLaVA-NeXT checkpoint (anyres, spatial_unpad)"
+    elif results.get("qwen"):
+        family = "Qwen2.5-VL checkpoint (Hub format, GQA, M-RoPE)"
     budgets = ", ".join(map(str, results.get("budgets", BUDGETS)))
     out = [
         f"Shape `{results['shape']}` {tuple(results['dims'])}, {family}, {w}x{h} image, budgets {budgets}, "
@@ -582,9 +654,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.shape = "tiny-next" if is_next(args.shape) else "tiny"
+        args.shape = "tiny-next" if is_next(args.shape) else "tiny-qwen" if is_qwen(args.shape) else "tiny"
         args.repeats, args.warmup, args.new_tokens = 1, 0, 2
-    names = [name for name, _ in methods(budgets_for(args.shape))]
+    names = [name for name, _ in methods_for(args.shape)]
     unknown = sorted(set(args.methods or ()) - set(names))
     if unknown:
         parser.error(f"unknown --methods {unknown} for shape {args.shape}; choose from {names}")

@@ -69,6 +69,37 @@ def test_next_smoke_prunes_the_anyres_block(tmp_path):
     assert (tmp_path / "tiny-next-float32.png").stat().st_size > 0
 
 
+def test_qwen_smoke_prunes_the_merged_grid(tmp_path):
+    """The Qwen2.5-VL path at toy size: a Hub-format Qwen checkpoint, a 1008x1008 image (36x36 merged tokens),
+    budgets of 1,296; [CLS]-attention methods have no row, transformers' own generate has one."""
+    argv = ["--shape", "cpu-qwen", "--smoke", "--batches", "1", "--out", str(tmp_path), "--workdir", str(tmp_path)]
+    results = bench.main(argv)
+    assert results["shape"] == "tiny-qwen" and results["qwen"] and results["image_size"] == [1008, 1008]
+    unpruned = (1008 // 28) ** 2  # 14-pixel patches merged 2x2
+    assert unpruned == 1296
+    table = results["tables"]["sdpa"]
+    names = [r["method"] for r in table]
+    assert names == [name for name, _ in bench.methods(bench.QWEN_BUDGETS) if "fastervlm" not in name] + [
+        "transformers"
+    ]
+    by_name = {r["method"]: r for r in table}
+    assert by_name["none"]["visual_tokens"] == [unpruned] and by_name["none"]["flops_ratio"] == 1
+    assert by_name["transformers"]["equal_tokens"] == unpruned and by_name["transformers"]["prefill_ms"] > 0
+    layers = results["dims"][1]
+    for budget in bench.QWEN_BUDGETS:
+        assert by_name[f"random-{budget}"]["visual_tokens"] == [unpruned, budget]
+        fastv = by_name[f"fastv-{budget}"]
+        assert fastv["visual_tokens"] == [unpruned, budget]
+        assert fastv["equal_tokens"] == pytest.approx((2 * unpruned + (layers - 2) * budget) / layers, abs=0.005)
+        for version in ("1_0", "2_0"):
+            sparse = by_name[f"sparsevlm-{version}-{budget}"]
+            assert sparse["visual_tokens"][0] == unpruned and len(sparse["visual_tokens"]) == 4
+            assert abs(sparse["equal_tokens"] - budget) <= 0.02 * budget
+    for r in table[1:-1]:
+        assert 0 < r["flops_ratio"] < 1 and r["kv_cache_mb"] < by_name["none"]["kv_cache_mb"]
+    assert (tmp_path / "tiny-qwen-float32.md").read_text().count("\n| ") == len(table) + 1
+
+
 def _filtered(tmp_path, *flags):
     argv = ["--smoke", "--attn", "sdpa", "eager", "--methods", "fastv-64", "--no-transformers", "--batches", "1"]
     return bench.main([*argv, *flags, "--out", str(tmp_path), "--workdir", str(tmp_path / "ckpt")])
