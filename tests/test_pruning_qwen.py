@@ -13,7 +13,7 @@ from llava.model.builder import load_pretrained_model
 from llava.sparse.engine import PruningMethod
 from llava.sparse.fastv import FastV, FastVPlan
 from llava.sparse.pre_llm import FasterVLM, RandomPruning, UniformPruning
-from llava.sparse.sparsevlm import SparseVLM, mrope_gravity
+from llava.sparse.sparsevlm import SparseVLM, mrope_gravity, select_raters
 
 from .helpers import random_image
 
@@ -115,31 +115,64 @@ def test_ratio_budget_keeps_that_fraction_of_each_image(qwen16, batch):
         assert account.visual_after_layer[-1] == round(account.num_encoded * 0.25)
 
 
-def test_fastv_keeps_the_top_of_transformers_eager_last_row(qwen16, batch):
-    """FastV's kept tokens = top-k of the head-mean attention of the last prompt token at layer K-1, computed by
-    transformers' own model in eager mode with output_attentions on the same weights and 3-D positions."""
-    folder, _, model, _ = qwen16
-    ids, px, sizes = batch
+def _eager_attentions(folder, model, ids, px, size):
+    """transformers' own Qwen2.5-VL in eager mode with output_attentions on the same weights and 3-D positions:
+    (attention probabilities per layer [1, H, L, L], index of the first visual token, visual count)."""
     reference = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(folder), dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    _, accounts = _generate(model, FastV(k=2, retained_tokens=12), ids[:1], px[:1], sizes[:1])
-    kept = accounts[0].kept[1]
-    rows, cols = model.image_grid(sizes[0])
+    rows, cols = model.image_grid(size)
     count = rows * cols
-    at = int((ids[0] == -200).nonzero()[0, 0])
-    hf_ids = torch.cat([ids[0][:at], torch.full((count,), reference.config.image_token_id), ids[0][at + 1 :]])[None]
-    thw = torch.tensor([[1, rows * 2, cols * 2]])
+    at = int((ids == -200).nonzero()[0, 0])
+    hf_ids = torch.cat([ids[:at], torch.full((count,), reference.config.image_token_id), ids[at + 1 :]])[None]
     with torch.no_grad():
         out = reference(
             input_ids=hf_ids,
-            pixel_values=px[0],
-            image_grid_thw=thw,
+            pixel_values=px,
+            image_grid_thw=torch.tensor([[1, rows * 2, cols * 2]]),
             mm_token_type_ids=(hf_ids == reference.config.image_token_id).long(),
             output_attentions=True,
         )
-    last_row = out.attentions[1][0, :, -1, at : at + count].mean(dim=0)
-    assert kept.tolist() == torch.topk(last_row, 12).indices.sort().values.tolist()
+    return out.attentions, at, count
+
+
+def test_fastv_keeps_the_top_of_transformers_eager_last_row(qwen16, batch):
+    """FastV's kept tokens = top-k of the head-mean attention of the last prompt token at layer K-1."""
+    folder, _, model, _ = qwen16
+    ids, px, sizes = batch
+    _, accounts = _generate(model, FastV(k=2, retained_tokens=12), ids[:1], px[:1], sizes[:1])
+    attentions, at, count = _eager_attentions(folder, model, ids[0], px[0], sizes[0])
+    last_row = attentions[1][0, :, -1, at : at + count].mean(dim=0)
+    assert accounts[0].kept[1].tolist() == torch.topk(last_row, 12).indices.sort().values.tolist()
+
+
+@pytest.mark.parametrize("version", ["1_0", "2_0"])
+def test_sparsevlm_first_pruning_keeps_the_top_of_brute_force_scores(qwen16, batch, version):
+    """At SparseVLM's first pruning layer (2, on the unpruned sequence) the kept tokens are the top of the raters'
+    attention to the image, from transformers' eager probabilities: mean over raters and heads (v1.5); for v2.0
+    divided first by the gravity of all-ones q and k rotated by transformers' M-RoPE at the tokens' 3-D ids, then
+    averaged over the heads with the most corrected mass."""
+    folder, _, model, _ = qwen16
+    ids, px, sizes = batch
+    model.set_pruning(SparseVLM(version, 100, priority_heads=2))
+    try:
+        prefill = model.prefill(ids[0][None], images=px[:1], image_sizes=sizes[:1])
+    finally:
+        model.set_pruning(None)
+    kept = prefill.accounts[0].kept[2]
+    attentions, at, count = _eager_attentions(folder, model, ids[0], px[0], sizes[0])
+    embeds = prefill.inputs.inputs_embeds[0]
+    rows = at + count + select_raters(embeds[at : at + count], embeds[at + count :])
+    probs = attentions[2][0][:, rows, at : at + count]  # [H, raters, V]
+    if version == "2_0":
+        cos, sin = model.model.rotary_emb(torch.zeros(1), prefill.inputs.position_ids[:1])
+        ones = torch.ones_like(cos[0])
+        rotated = ones * cos[0] + rotate_half(ones) * sin[0]
+        corrected = probs / (rotated[rows] @ rotated[at : at + count].T / rotated.shape[-1] ** 0.5)
+        probs = corrected[torch.topk(corrected.sum(dim=(1, 2)), 2).indices]
+    scores = probs.mean(dim=(0, 1))
+    assert 0 < len(kept) < count
+    assert kept.sort().values.tolist() == torch.topk(scores, len(kept)).indices.sort().values.tolist()
 
 
 def test_fastv_decode_steps_equal_a_cache_free_forward_over_the_kept_tokens(qwen16, batch):

@@ -6,6 +6,8 @@ newline tokens), so `RETAIN_TOKN=640` on NeXT is the papers' "640 tokens" row. R
 tokens than nominal (1,176 to 2,928 with newlines); every method scales the budget to the image's own count of
 rankable tokens, so it keeps the same fraction of every image. `--retained-ratio` gives that fraction directly.
 On LLaVA-1.5 the image's count is the nominal one and the budget is kept as typed.
+Qwen-VL has no nominal count (every image has its own, one token per 28x28 pixels): a budget is a count of
+each image's own tokens, and `--retained-ratio` a fraction of them.
 """
 
 from __future__ import annotations
