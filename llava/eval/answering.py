@@ -30,11 +30,12 @@ from llava.model_args import add_model_args, load_from_args
 @dataclasses.dataclass
 class Question:
     """One question: `text` is the user's message without the image token; `image` opens the image (None for a
-    text-only question); `record` holds the fields the answer record starts from (question_id, prompt, ...)."""
+    text-only or video question); `video` is the video file of a video question; `record` holds the fields the answer record starts from (question_id, prompt, ...)."""
 
     text: str
     image: Callable[[], Image.Image] | None
     record: dict
+    video: Path | None = None  # a video file instead of an image (Video-LLaVA, Qwen-VL video)
 
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:

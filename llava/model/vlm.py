@@ -52,7 +52,11 @@ class VisionLanguageModel(nn.Module):
     def nominal_visual_tokens(self) -> int:
         raise NotImplementedError
 
-    def prepare_inputs(self, input_ids, images=None, attention_mask=None, image_sizes=None) -> MultimodalInputs:
+    def prepare_inputs(
+        self, input_ids, images=None, attention_mask=None, image_sizes=None, videos=None
+    ) -> MultimodalInputs:
+        """`videos`: one entry per video in the batch, in the form the family's video processor gives; a family
+        without video support raises for a non-None value."""
         raise NotImplementedError
 
     @property
@@ -104,10 +108,11 @@ class VisionLanguageModel(nn.Module):
         use_cache: bool = True,
         image_sizes=None,
         max_new_tokens: int = 0,
+        videos=None,
     ) -> PrefillOutput:
         """The prompt's pass through the decoder (pruning included). With `use_cache`, each layer's keys go into
         buffers with room for `max_new_tokens` decode steps (more are allocated if a caller decodes further)."""
-        inputs = self.prepare_inputs(input_ids, images, attention_mask, image_sizes)
+        inputs = self.prepare_inputs(input_ids, images, attention_mask, image_sizes, videos)
         state = SequenceState(inputs.inputs_embeds, inputs.position_ids, inputs.token_mask, inputs.has_padding)
         layouts = inputs_layouts(inputs)
         cache = DecoderCache(max_new_tokens) if use_cache else None
@@ -168,9 +173,10 @@ class VisionLanguageModel(nn.Module):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         image_sizes=None,
+        videos=None,
     ) -> torch.Tensor:
         """Logits [B, L, V] over the spliced, left-padded prefill sequence (no cache)."""
-        out = self.prefill(input_ids, images, attention_mask, use_cache=False, image_sizes=image_sizes)
+        out = self.prefill(input_ids, images, attention_mask, use_cache=False, image_sizes=image_sizes, videos=videos)
         return self.lm_head(out.hidden_states).float()
 
     def generate(self, input_ids, images=None, **kwargs) -> torch.Tensor:

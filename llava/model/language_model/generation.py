@@ -45,6 +45,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     repetition_penalty: float | None = None,
+    videos=None,
 ) -> torch.Tensor:
     """New tokens [B, T]; a sample that emitted EOS is padded with `pad_token_id` (default: EOS) afterwards.
 
@@ -75,6 +76,7 @@ def generate(
             use_cache=True,
             image_sizes=image_sizes,
             max_new_tokens=max_new_tokens - 1,
+            videos=videos,
         )
         logits = model.lm_head(prefill.hidden_states[:, -1]).float()
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=model.device)

@@ -81,7 +81,10 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         image_sizes=None,
+        videos=None,
     ) -> MultimodalInputs:
+        if videos is not None:
+            raise ValueError("This checkpoint takes no videos (Video-LLaVA checkpoints do)")
         encoded = None
         device = self.input_device
         if images is not None:

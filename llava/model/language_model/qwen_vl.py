@@ -186,7 +186,11 @@ class QwenVLForCausalLM(VisionLanguageModel):
             encoded.append(EncodedImage(feats[source.to(feats.device)], tokens, len(full)))
         return encoded
 
-    def prepare_inputs(self, input_ids, images=None, attention_mask=None, image_sizes=None) -> MultimodalInputs:
+    def prepare_inputs(
+        self, input_ids, images=None, attention_mask=None, image_sizes=None, videos=None
+    ) -> MultimodalInputs:
+        if videos is not None:
+            raise ValueError("Video input is not supported for Qwen-VL yet")
         device = self.input_device
         encoded = None
         if images is not None:
