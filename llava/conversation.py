@@ -40,7 +40,8 @@ class Conversation:
     sep2: str | None = None
     version: str = "Unknown"
     # how an image stands in a message, for templates whose model wraps it (Qwen-VL: vision start / end tokens
-    # around the image, no newline before the text): "<image>\n" and "<image>" become this
+    # around the image, no newline before the text): "<image>\n" and "<image>" become this (and a "<video>" the
+    # same with "<video>" inside)
     image_format: str | None = None
 
     def get_prompt(self) -> str:
@@ -71,10 +72,16 @@ class Conversation:
 
     def _with_image_format(self) -> str:
         image = self.image_format
+        video = image.replace("<image>", "<video>")
         messages = [
             [
                 role,
-                message.replace("<image>\n", "\0").replace("<image>", "\0").replace("\0", image)
+                message.replace("<image>\n", "\0")
+                .replace("<image>", "\0")
+                .replace("\0", image)
+                .replace("<video>\n", "\1")
+                .replace("<video>", "\1")
+                .replace("\1", video)
                 if message
                 else message,
             ]

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    DEFAULT_VIDEO_TOKEN,
+    IMAGE_TOKEN_INDEX,
+    VIDEO_TOKEN_INDEX,
+)
 from llava.model.anyres import anyres_views
 
 
@@ -22,12 +30,15 @@ def image_token(mm_use_im_start_end: bool) -> str:
 
 
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors=None):
-    """Token ids of `prompt` with one `image_token_index` where each "<image>" stood.
+    """Token ids of `prompt` with one `image_token_index` where each "<image>" stood (and `VIDEO_TOKEN_INDEX`
+    where each "<video>" stood).
 
     Each text chunk is tokenized on its own (so each gets its own leading "▁"), the first chunk keeps its BOS and
     the BOS of every later chunk is dropped, exactly as LLaVA does.
     """
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    pieces = re.split(f"({re.escape(DEFAULT_IMAGE_TOKEN)}|{re.escape(DEFAULT_VIDEO_TOKEN)})", prompt)
+    chunks = [tokenizer(chunk).input_ids for chunk in pieces[::2]]
+    placeholders = [image_token_index if p == DEFAULT_IMAGE_TOKEN else VIDEO_TOKEN_INDEX for p in pieces[1::2]]
     bos = tokenizer.bos_token_id
     input_ids: list[int] = []
     offset = 0
@@ -36,7 +47,7 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE
         input_ids.append(chunks[0][0])
     for i, chunk in enumerate(chunks):
         if i > 0:
-            input_ids.append(image_token_index)
+            input_ids.append(placeholders[i - 1])
         input_ids.extend(chunk[offset:])
     if return_tensors is None:
         return input_ids

@@ -30,7 +30,8 @@ from llava.model_args import add_model_args, load_from_args
 @dataclasses.dataclass
 class Question:
     """One question: `text` is the user's message without the image token; `image` opens the image (None for a
-    text-only or video question); `video` is the video file of a video question; `record` holds the fields the answer record starts from (question_id, prompt, ...)."""
+    text-only or video question); `video` is the video file of a video question; `record` holds the fields the
+    answer record starts from (question_id, prompt, ...)."""
 
     text: str
     image: Callable[[], Image.Image] | None

@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.model.anyres import MergeLayout, grid_shape, merge_layout, single_view_layout
 
 
@@ -147,12 +147,15 @@ def splice_image_features(
     image_features: torch.Tensor | list[torch.Tensor] | None,
     embed_tokens: torch.nn.Module,
     max_length: int | None = None,
+    video_features: list[torch.Tensor] | None = None,
 ) -> MultimodalInputs:
-    """Replace every `IMAGE_TOKEN_INDEX` in each sample by the next image's features, then left-pad.
+    """Replace every `IMAGE_TOKEN_INDEX` in each sample by the next image's features (and every
+    `VIDEO_TOKEN_INDEX` by the next video's whole clip), then left-pad.
 
     `input_ids` is a padded [B, T] tensor (padding marked False in `attention_mask`) or a list of 1-D tensors.
     Images are consumed in order across the batch; as in LLaVA, a sample without a placeholder still consumes one
-    image slot (its features are not inserted).
+    image slot (its features are not inserted) when the batch has images. Videos are consumed in order by their
+    placeholders only. `image_indices` number videos after the images (video k is `len(image_features) + k`).
     """
     if isinstance(input_ids, torch.Tensor):
         if attention_mask is None:
@@ -165,17 +168,22 @@ def splice_image_features(
     sequences: list[torch.Tensor] = []
     spans: list[list[tuple[int, int]]] = []
     indices: list[list[int]] = []
-    image_idx = 0
+    image_idx, video_idx = 0, 0
+    num_images = 0 if image_features is None else len(image_features)
     for ids in samples:
-        where = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+        placeholder = (ids == IMAGE_TOKEN_INDEX) | (ids == VIDEO_TOKEN_INDEX)
+        where = torch.nonzero(placeholder).flatten().tolist()
         if not where:
             sequences.append(embed_tokens(ids))
             spans.append([])
             indices.append([])
             image_idx += 1
             continue
-        if image_features is None:
+        is_video = (ids[where] == VIDEO_TOKEN_INDEX).tolist()
+        if image_features is None and not all(is_video):
             raise ValueError("The prompt has an <image> placeholder but no image was given")
+        if video_features is None and any(is_video):
+            raise ValueError("The prompt has a <video> placeholder but no video was given")
         bounds = [-1] + where + [len(ids)]
         pieces = [ids[bounds[i] + 1 : bounds[i + 1]] for i in range(len(bounds) - 1)]
         text_embeds = embed_tokens(torch.cat(pieces)).split([len(p) for p in pieces])
@@ -183,9 +191,18 @@ def splice_image_features(
         for i, text in enumerate(text_embeds):
             parts.append(text)
             length += len(text)
-            if i < len(where):
-                if image_idx >= len(image_features):
-                    raise ValueError(f"The batch has more <image> placeholders than images ({len(image_features)})")
+            if i < len(where) and is_video[i]:
+                if video_idx >= len(video_features):
+                    raise ValueError(f"The batch has more <video> placeholders than videos ({len(video_features)})")
+                feature = video_features[video_idx].to(text.dtype)
+                sample_images.append(num_images + video_idx)
+                video_idx += 1
+                parts.append(feature)
+                sample_spans.append((length, len(feature)))
+                length += len(feature)
+            elif i < len(where):
+                if image_idx >= num_images:
+                    raise ValueError(f"The batch has more <image> placeholders than images ({num_images})")
                 feature = image_features[image_idx].to(text.dtype)
                 sample_images.append(image_idx)
                 image_idx += 1
