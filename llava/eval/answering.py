@@ -21,6 +21,7 @@ import shortuuid
 import torch
 from PIL import Image
 
+from llava.constants import DEFAULT_VIDEO_TOKEN
 from llava.conversation import get_conv_template, stop_token_ids
 from llava.eval.answer_files import AnswerWriter, iter_jsonl
 from llava.mm_utils import get_model_name_from_path, image_token, process_images, to_device, tokenizer_image_token
@@ -172,23 +173,35 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
 def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generator):
     """(text, metadata, error) per question; questions whose image cannot be read fail alone."""
     results: list = [None] * len(batch)
-    ready, images = [], []
+    ready, images, videos = [], [], []
     for i, question in enumerate(batch):
-        if question.image is None:
+        if question.image is None and question.video is None:
             ready.append(i)
             continue
+        what = "image" if question.video is None else "video"
         try:
-            images.append(question.image())
+            if question.video is None:
+                images.append(question.image())
+            else:
+                options = {"num_frames": getattr(args, "num_frames", None)}
+                if getattr(args, "repeat_short_videos", False):
+                    options["repeat_short"] = True
+                videos.append(model.load_video(question.video, image_processor, **options))
             ready.append(i)
-        except Exception as err:  # unreadable, missing or corrupt image: record and go on
-            results[i] = ("", {}, f"image could not be read: {type(err).__name__}: {err}")
+        except Exception as err:  # unreadable, missing or corrupt image / video: record and go on
+            results[i] = ("", {}, f"{what} could not be read: {type(err).__name__}: {err}")
     penalty = args.repetition_penalty
     if penalty is None:
         penalty = getattr(model.config, "repetition_penalty", 1.0)
     with_image = [i for i in ready if batch[i].image is not None]
-    without_image = [i for i in ready if batch[i].image is None]
-    # a batch mixes image and text-only questions only as two sub-batches (each sample must hold one image)
-    for group, group_images in ((with_image, images), (without_image, [])):
+    with_video = [i for i in ready if batch[i].video is not None]
+    text_only = [i for i in ready if batch[i].image is None and batch[i].video is None]
+    # a batch mixes image, video and text-only questions only as sub-batches (each sample holds one visual input)
+    for group, group_images, group_videos in (
+        (with_image, images, None),
+        (with_video, [], videos),
+        (text_only, [], None),
+    ):
         if not group:
             continue
         prompts = []
@@ -197,6 +210,8 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             text = batch[i].text
             if batch[i].image is not None:
                 text = image_token(model.config.mm_use_im_start_end) + "\n" + text
+            elif batch[i].video is not None:
+                text = DEFAULT_VIDEO_TOKEN + "\n" + text
             conv.append_message(conv.roles[0], text)
             conv.append_message(conv.roles[1], None)
             prompts.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt"))
@@ -209,6 +224,7 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             prompts,
             images=pixels,
             image_sizes=sizes,
+            videos=group_videos,
             eos_token_id=stop_token_ids(conv, tokenizer),
             do_sample=args.temperature > 0,
             temperature=args.temperature,

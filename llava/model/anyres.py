@@ -197,6 +197,24 @@ def single_view_layout(side: int, newline: bool = False, cls: bool = False) -> M
     return MergeLayout(view, patch, row, col, 1, side, (0, 0), leading=int(cls))
 
 
+def frames_layout(num_frames: int, side: int, cls: bool = True) -> MergeLayout:
+    """A video's visual block: its frames one after another (view = frame index), each frame's raster of
+    side x side patches, after its [CLS] token when `cls` (Video-LLaVA keeps it: 8 x 257 = 2,056 tokens)."""
+    frame = single_view_layout(side, cls=cls)
+    per_frame = len(frame)
+    view = torch.arange(num_frames).repeat_interleave(per_frame)
+    return MergeLayout(
+        view,
+        frame.patch.repeat(num_frames),
+        frame.row.repeat(num_frames),
+        frame.col.repeat(num_frames),
+        num_frames,
+        side,
+        (0, 0),
+        leading=int(cls),
+    )
+
+
 def grid_layout(rows: int, cols: int) -> MergeLayout:
     """One view of `rows` x `cols` tokens in raster order, of any aspect (Qwen-VL's merged-patch grid)."""
     patch = torch.arange(rows * cols)

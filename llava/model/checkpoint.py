@@ -59,6 +59,11 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 # Keys of an original LLaVA checkpoint that are not weights of the language model + projector.
 _ORIGINAL_IGNORED = re.compile(r"(\.rotary_emb\.inv_freq$)")
 _ORIGINAL_TOWER = "model.vision_tower.vision_tower."
+# Video-LLaVA's LanguageBind towers, stored in its shards (the original code reads them from their own repos).
+_ORIGINAL_VIDEO_LLAVA_TOWERS = {
+    "model.image_tower.image_tower.": "image_tower",
+    "model.video_tower.video_tower.": "video_tower",
+}
 
 # llava-hf names (on the Hub, as saved by transformers 5, and as held in memory by 4.52+) -> original names.
 _HF_RULES = [
@@ -74,13 +79,17 @@ _HF_TOWER = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
 
 def split_key(name: str, checkpoint_format: str) -> tuple[str, str] | None:
     """Where a checkpoint tensor goes: ("llm", key in LlavaLlamaForCausalLM), ("tower", key in CLIPVisionModel),
-    or None for tensors to ignore (rotary `inv_freq` buffers)."""
+    ("image_tower" / "video_tower", key in Video-LLaVA's LanguageBind tower as stored under its prefix), or None
+    for tensors to ignore (rotary `inv_freq` buffers)."""
     if checkpoint_format == "original":
         if _ORIGINAL_IGNORED.search(name):
             return None
         if name.startswith(_ORIGINAL_TOWER):
             key = name[len(_ORIGINAL_TOWER) :]
             return "tower", key.removeprefix("vision_model.")
+        for prefix, kind in _ORIGINAL_VIDEO_LLAVA_TOWERS.items():
+            if name.startswith(prefix):
+                return kind, name[len(prefix) :]
         return "llm", name
     tower = _HF_TOWER.match(name)
     if tower:

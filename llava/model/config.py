@@ -83,6 +83,10 @@ class LlavaConfig:
     anyres_rule: str = "llava"
     pruning_grid_rule: str | None = None
     pruning_merge_type: str | None = None
+    # Video-LLaVA (original format): LanguageBind image and video towers instead of mm_vision_tower; frames per clip.
+    mm_image_tower: str | None = None
+    mm_video_tower: str | None = None
+    num_frames: int = 8
     # llava-hf only: the tower's config (it lives in the checkpoint) and the id of its image placeholder token.
     vision_config: CLIPVisionConfig | None = None
     image_token_index: int | None = None
@@ -120,6 +124,11 @@ class LlavaConfig:
         return self.pruning_merge_type or self.mm_patch_merge_type
 
     @property
+    def is_video_llava(self) -> bool:
+        """A Video-LLaVA checkpoint: LanguageBind image + video towers sharing one projector."""
+        return self.mm_video_tower is not None
+
+    @property
     def has_image_newline(self) -> bool:
         """Whether the checkpoint has an `image_newline` embedding (LLaVA: only `*unpad*` merges train one)."""
         return "unpad" in self.mm_patch_merge_type
@@ -150,7 +159,7 @@ class LlavaConfig:
             if model_type not in HF_MODEL_TYPES:
                 raise _unsupported(model_type, source)
             config = cls._from_hf(raw)
-        elif "mm_vision_tower" in raw or "mm_hidden_size" in raw:
+        elif "mm_vision_tower" in raw or "mm_hidden_size" in raw or "mm_video_tower" in raw:
             if model_type not in ORIGINAL_MODEL_TYPES and model_type is not None:
                 raise _unsupported(model_type, source)
             config = cls._from_original(raw)
@@ -213,6 +222,8 @@ class LlavaConfig:
         for key in ("mm_patch_merge_type", "tokenizer_padding_side"):  # absent in 1.5 configs means the default
             if mm.get(key) is None:
                 mm.pop(key, None)
+        if raw.get("mm_video_tower") and "mm_vision_tower" not in raw:  # Video-LLaVA: images go to its image tower
+            mm["mm_vision_tower"] = raw.get("mm_image_tower")
         return cls(text_config=text, checkpoint_format=ORIGINAL_FORMAT, raw=raw, **mm)
 
     @classmethod

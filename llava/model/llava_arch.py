@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
-from llava.model.anyres import MergeLayout, grid_shape, merge_layout, single_view_layout
+from llava.model.anyres import MergeLayout, frames_layout, grid_shape, merge_layout, single_view_layout
 
 
 @dataclasses.dataclass
@@ -132,6 +132,33 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
             block = merged
         out.append(EncodedImage(block, tokens, num_encoded))
     return out
+
+
+def encode_videos(model, videos: torch.Tensor | list[torch.Tensor], pruning=None) -> list[EncodedImage]:
+    """Pixels of each clip ([3, T, H, W], or a batch [N, 3, T, H, W]) -> per clip, its projected visual block:
+    the frames one after another, each frame's [CLS] then its patches (Video-LLaVA's 8 x 257 tokens,
+    `frames_layout`). A pre-LLM method picks per frame, as on the views of an image (`select_tokens`)."""
+    tower, projector = model.model.video_tower, model.model.mm_projector
+    clips = torch.stack(list(videos)) if not isinstance(videos, torch.Tensor) else videos
+    if clips.dim() == 4:
+        clips = clips[None]
+    if clips.dim() != 5:
+        raise ValueError(f"videos must be [3, T, H, W] clips or a batch [N, 3, T, H, W], got {tuple(clips.shape)}")
+    if pruning is not None and pruning.needs_cls_attention:
+        features, cls_attention = tower.forward_with_cls_attention(clips)  # [N, T, 1 + P, C], [N, T, P]
+    else:
+        features, cls_attention = tower(clips), [None] * len(clips)
+    weight = next(projector.parameters(), None)
+    blocks, layouts = [], []
+    for feats, cls_rows in zip(features, cls_attention, strict=True):
+        full = frames_layout(feats.shape[0], tower.num_patches_per_side, cls=True)
+        keep = None if pruning is None else pruning.select_tokens(full, feats, cls_rows)
+        tokens = full if keep is None else full.select(keep)
+        rows = feats.reshape(-1, feats.shape[-1])[tokens.source().to(feats.device)]
+        blocks.append(rows if weight is None else rows.to(weight.dtype))
+        layouts.append((tokens, len(full)))
+    projected = projector(torch.cat(blocks)).split([len(b) for b in blocks])
+    return [EncodedImage(block, tokens, n) for block, (tokens, n) in zip(projected, layouts, strict=True)]
 
 
 def _size(image_sizes, i: int):

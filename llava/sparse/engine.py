@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from llava.model.anyres import MergeLayout
+from llava.model.anyres import NEWLINE, MergeLayout
 from llava.model.language_model.decoder import SequenceState
 from llava.sparse.accounting import SampleAccount
 from llava.sparse.attention_rows import RowsRequest
@@ -292,15 +292,19 @@ class PruningMethod:
         self, tokens: MergeLayout, features: torch.Tensor, cls_attention: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Indices of the merged block's tokens (`tokens`, one image) that enter the LLM, or None for all.
-        The default keeps, per view, the patches `select_before_llm` picks, in merge order, and every newline
-        token; methods that rank the whole block override this."""
-        keep = self.select_before_llm(features, cls_attention)
+        The default keeps, per view (a video: per frame), the patches `select_before_llm` picks, in merge order,
+        and every newline token; a [CLS] token leading each view's features (`cls_patch`, Video-LLaVA's frames) is
+        dropped, as FasterVLM's video branch does, so k counts patches. Methods that rank the whole block override
+        this."""
+        patches = features[:, tokens.leading :]
+        keep = self.select_before_llm(patches, cls_attention)
         if keep is None:
             return None
-        chosen = torch.zeros(features.shape[:2], dtype=torch.bool)
+        chosen = torch.zeros(patches.shape[:2], dtype=torch.bool)
         chosen.scatter_(1, keep.cpu(), True)
-        source = tokens.source()
-        mask = (source < 0) | chosen.flatten()[source.clamp(min=0)]
+        is_patch = tokens.patch >= 0
+        picked = chosen[tokens.view.clamp(min=0), tokens.patch.clamp(min=0)] & is_patch & (tokens.view >= 0)
+        mask = (tokens.view == NEWLINE) | picked
         return torch.nonzero(mask).flatten()
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:

@@ -46,7 +46,8 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
         dest="sparse_version",
         type=str,
         default=None,
-        help="SparseVLM version: 1_0 (v1.5 schedule, default) or 2_0 (SparseVLM+) (env: USE_VERSION)",
+        help="SparseVLM version: 1_0 (v1.5 schedule, default), 2_0 (SparseVLM+) or video (the reference's Video-LLaVA "
+        "branch: rank-adaptive at layer 1, no budget) (env: USE_VERSION)",
     )
     group.add_argument("--sparse", action="store_true", help="SparseVLM v1.0: rank-adaptive budget, see --scale/--bias")
     group.add_argument("--scale", type=float, default=13.5, help="SparseVLM v1.0: keep = rank * scale + bias")

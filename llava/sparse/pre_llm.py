@@ -94,8 +94,7 @@ class FasterVLMGlobal(FasterVLM):
     merge_type = None
 
     def select_tokens(self, tokens, features, cls_attention):
-        source = tokens.source()
-        patch = source >= 0
+        patch = (tokens.view >= 0) & (tokens.patch >= 0)  # not newline, merged or [CLS] tokens
         count = int(patch.sum())
         if self.view_tokens is not None:
             keep_count = min(count, self.view_tokens * tokens.num_views)
@@ -103,9 +102,9 @@ class FasterVLMGlobal(FasterVLM):
             keep_count = self.budget.count(count, self.nominal or count)
         if keep_count >= count:
             return None
-        scores = cls_attention.flatten().cpu()[source[patch]]
+        scores = cls_attention.cpu()[tokens.view[patch], tokens.patch[patch]]
         chosen = torch.nonzero(patch).flatten()[torch.topk(scores, keep_count).indices]
-        return torch.cat([chosen, torch.nonzero(~patch).flatten()]).sort().values
+        return torch.cat([chosen, torch.nonzero(tokens.is_newline).flatten()]).sort().values
 
 
 class RandomPruning(PreLLMTopK):

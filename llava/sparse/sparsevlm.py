@@ -17,6 +17,7 @@ from llava.sparse.budget import Budget
 from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout, patches_per_view
 from llava.sparse.recycling import dpc_knn_clusters, merge_clusters
 
+VIDEO_LAYERS = (1,)  # the video branch's single pruning layer (pruning_loc = [1])
 PRIORITY_HEADS = 14  # SparseVLM+ keeps the 14 heads with the most rater-to-visual mass (hard-coded in the reference)
 
 
@@ -66,7 +67,10 @@ def rank_budget(relation: torch.Tensor, num_visual: int, scale: float, bias: flo
 
 
 class SparseVLM(PruningMethod):
-    """version "1_0" (default; = v1.5), "2_0" (SparseVLM+), or "v1.0" with `scale` / `bias` (rank-adaptive)."""
+    """version "1_0" (default; = v1.5), "2_0" (SparseVLM+), "v1.0" with `scale` / `bias` (rank-adaptive), or
+    "video" (the reference's Video-LLaVA branch, specs/sparsevlm.md 6: one pruning layer, 1, keeping exactly
+    rank(P) tokens of the whole clip, recycling and truncated positions as v1.0; the branch's call with 5 of the
+    6 arguments its scorer requires, a TypeError at the pruning layer as published, is fixed)."""
 
     name = "sparsevlm"
 
@@ -81,8 +85,10 @@ class SparseVLM(PruningMethod):
         ratio: float | None = None,
         pruning_layers: tuple[int, ...] | None = None,
     ) -> None:
-        if version not in ("v1.0", *budgets.VERSIONS):
-            raise ValueError(f"Unknown SparseVLM version {version!r}: use v1.0, 1_0 or 2_0")
+        if version not in ("v1.0", "video", *budgets.VERSIONS):
+            raise ValueError(f"Unknown SparseVLM version {version!r}: use v1.0, 1_0, 2_0 or video")
+        if version == "video":
+            scale, bias = 1.0, 0.0  # keep = rank(P): no scale or bias in the video branch
         self.version = version
         self.retained_tokens = retained_tokens
         self.ratio = ratio  # --retained-ratio: the budget becomes this fraction of the nominal count when bound
@@ -91,10 +97,15 @@ class SparseVLM(PruningMethod):
         self.seed = seed
         self.recycling = version != "2_0"
         self.renumber_positions = version != "2_0"  # quirk (v1.x): positions truncated to 0..n-1 after pruning
-        default = budgets.V1_0_LAYERS if version == "v1.0" else budgets.PRUNING_LAYERS
+        default = {"v1.0": budgets.V1_0_LAYERS, "video": VIDEO_LAYERS}.get(version, budgets.PRUNING_LAYERS)
         self.layers = tuple(pruning_layers) if pruning_layers else default
-        if version != "v1.0" and len(self.layers) != len(budgets.PRUNING_LAYERS):
+        if not self.rank_adaptive and len(self.layers) != len(budgets.PRUNING_LAYERS):
             raise ValueError(f"SparseVLM {version} prunes at 3 layers (default {default}), got {self.layers}")
+
+    @property
+    def rank_adaptive(self) -> bool:
+        """v1.0 and the video branch keep a count from the rank of the rater x visual attention, not a schedule."""
+        return self.version in ("v1.0", "video")
 
     def bind(self, nominal: int | None) -> None:
         super().bind(nominal)
@@ -109,6 +120,8 @@ class SparseVLM(PruningMethod):
         return self.retained_tokens
 
     def describe(self) -> str:
+        if self.version == "video":
+            return "sparsevlm video (rank, layer 1)"
         if self.version == "v1.0":
             return f"sparsevlm v1.0 (rank, scale={self.scale}, bias={self.bias})"
         budget = f"ratio {self.ratio:g}" if self.ratio is not None and self.nominal is None else self.retained_tokens
@@ -123,9 +136,11 @@ class SparseVLM(PruningMethod):
         `view_tokens`-token view (LLaVA-NeXT: its views; Qwen-VL, whose images each have their own count and whose
         budget is per image: LLaVA's 576-token view, `score.REFERENCE_VISUAL_TOKENS`), derived for the model's
         depth and pruning layers and scaled to `num_visual` (specs/llava_next.md 5.6, specs/qwen2_5_vl.md 6.2)."""
-        if self.version == "v1.0":
+        if self.rank_adaptive:
             if num_layers <= max(self.layers):
-                raise ValueError(f"SparseVLM v1.0 prunes after layers {self.layers}; the model has {num_layers} layers")
+                raise ValueError(
+                    f"SparseVLM {self.version} prunes after layers {self.layers}; the model has {num_layers} layers"
+                )
             return None
         nominal = self.nominal or num_visual
         retained = self.retained_tokens
@@ -152,7 +167,7 @@ class SparseVLM(PruningMethod):
         patches = patches_per_view(model)
         layers = model.config.num_hidden_layers
         if patches is None:  # per-image counts: check the layers and the budget on LLaVA's reference view
-            if self.version != "v1.0" and self.ratio is None and self.retained_tokens < budgets.REFERENCE_VISUAL_TOKENS:
+            if not self.rank_adaptive and self.ratio is None and self.retained_tokens < budgets.REFERENCE_VISUAL_TOKENS:
                 budgets.schedule_for(
                     self.retained_tokens, self.version, budgets.REFERENCE_VISUAL_TOKENS, layers, self.layers
                 )
@@ -254,7 +269,7 @@ class SparseVLMPlan(PrefillPlan):
         return corrected[chosen].mean(dim=0)
 
     def _keep_count(self, b: int, relation: torch.Tensor, num_visual: int, layer_idx: int) -> int | None:
-        if self.method.version == "v1.0":
+        if self.method.rank_adaptive:
             return rank_budget(relation, num_visual, self.method.scale, self.method.bias)
         schedule = self.schedules[self.rankable[b]]
         if schedule is None:

@@ -8,7 +8,13 @@ from torch import nn
 
 from llava.model.config import LlavaConfig
 from llava.model.language_model.family import check_sequence_length, family_of
-from llava.model.llava_arch import EncodedImage, MultimodalInputs, encode_images, splice_image_features
+from llava.model.llava_arch import (
+    EncodedImage,
+    MultimodalInputs,
+    encode_images,
+    encode_videos,
+    splice_image_features,
+)
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.vlm import VisionLanguageModel
 from llava.sparse.budget import nominal_visual_tokens
@@ -33,6 +39,7 @@ class LlavaLlamaModel(nn.Module):
         else:
             self.image_newline = None
         self.vision_tower = None
+        self.video_tower = None  # Video-LLaVA's LanguageBind video tower, attached by the loader
         # Per decoder layer, its device when the layers sit on several devices (set by the loader for a device map;
         # None: one device). The decoder loop moves the hidden state between layers that differ.
         self.layer_devices: tuple[torch.device, ...] | None = None
@@ -58,6 +65,7 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
         super().__init__(config, attn_implementation)
         self.model = LlavaLlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.video_processor = None  # Video-LLaVA: frames -> pixels, attached by the loader
 
     def get_vision_tower(self):
         return self.model.vision_tower
@@ -65,8 +73,23 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
     @property
     def nominal_visual_tokens(self) -> int:
         """The visual token count budgets are stated against (`llava.sparse.budget`)."""
+        if self.model.video_tower is not None:  # Video-LLaVA: budgets count the whole clip ([CLS] of each frame too)
+            video = self.model.video_tower
+            return video.num_frames * (video.num_patches + 1)
         tower = self.get_vision_tower()
         return nominal_visual_tokens(self.config, tower.num_patches, tower.config.image_size)
+
+    def load_video(self, path, processor=None, num_frames: int | None = None, repeat_short: bool = False):
+        """A video file -> the clip `generate(videos=[...])` takes ([3, T, 224, 224]): Video-LLaVA's frame sampling
+        and preprocessing (`llava.model.multimodal_encoder.video_processor`), `processor` defaulting to the one the
+        loader attached."""
+        from llava.model.multimodal_encoder.video_processor import VideoLlavaVideoProcessor, read_video_frames
+
+        processor = processor if isinstance(processor, VideoLlavaVideoProcessor) else self.video_processor
+        if self.model.video_tower is None or processor is None:
+            raise ValueError("This checkpoint takes no videos: load a Video-LLaVA or Qwen2(.5)-VL checkpoint")
+        frames = read_video_frames(path, num_frames or self.model.video_tower.num_frames, repeat_short=repeat_short)
+        return processor.preprocess(frames)
 
     # -- building blocks ----------------------------------------------------------------------------------------
     def encode_images(self, images, image_sizes=None) -> list[EncodedImage]:
@@ -83,10 +106,13 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
         image_sizes=None,
         videos=None,
     ) -> MultimodalInputs:
-        if videos is not None:
-            raise ValueError("This checkpoint takes no videos (Video-LLaVA checkpoints do)")
-        encoded = None
+        encoded, encoded_videos = None, None
         device = self.input_device
+        if videos is not None:
+            if self.model.video_tower is None:
+                raise ValueError("This checkpoint has no video tower; videos need a Video-LLaVA checkpoint")
+            videos = videos.to(device) if isinstance(videos, torch.Tensor) else [v.to(device) for v in videos]
+            encoded_videos = encode_videos(self, videos, self.pruning)
         if images is not None:
             if isinstance(images, torch.Tensor):
                 images = images.to(device)
@@ -102,9 +128,15 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
         features = None if encoded is None else [image.features for image in encoded]
+        video_features = None if encoded_videos is None else [video.features for video in encoded_videos]
         inputs = splice_image_features(
-            input_ids, attention_mask, features, self.model.embed_tokens, self.config.tokenizer_model_max_length
+            input_ids,
+            attention_mask,
+            features,
+            self.model.embed_tokens,
+            self.config.tokenizer_model_max_length,
+            video_features,
         )
-        inputs.images = encoded
+        inputs.images = None if encoded is None and encoded_videos is None else (encoded or []) + (encoded_videos or [])
         check_sequence_length(self.config.text_config, max(inputs.lengths))
         return inputs
