@@ -254,19 +254,26 @@ def load_pretrained_model(
         if not projector.is_file():
             raise FileNotFoundError(f"{model_dir} has no mm_projector.bin to put on top of {model_base}")
         files = files + [projector]
-    tower_state = _assign_weights(model, config, files, model_dtype, placement)
+    towers = _assign_weights(model, config, files, model_dtype, placement)
+    tower_state = towers.get("tower", {})
     model.model.reset_rotary(config, placement.first)
 
-    if config.checkpoint_format == HF_FORMAT:
+    if config.is_video_llava:
+        tower, video_tower, image_processor, model.video_processor = _video_llava_towers(
+            config, model_dir, towers, vision_tower, kwargs.get("video_tower"), tower_dtype, placement.first
+        )
+        model.model.vision_tower, model.model.video_tower = tower, video_tower
+    elif config.checkpoint_format == HF_FORMAT:
         clip = _clip_from_state(config.vision_config, tower_state, model_dir)
         image_processor = CLIPImagePreprocessor.from_pretrained(model_dir)
     else:
         clip, image_processor = _original_tower(config, model_dir, vision_tower, tower_state, tower_dtype)
-    clip = clip.to(device=placement.first, dtype=tower_dtype).eval()
-    tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
-    tower.truncate_unused_layers()
-    tower.requires_grad_(False)
-    model.model.vision_tower = tower
+    if not config.is_video_llava:
+        clip = clip.to(device=placement.first, dtype=tower_dtype).eval()
+        tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
+        tower.truncate_unused_layers()
+        tower.requires_grad_(False)
+        model.model.vision_tower = tower
     model.eval().requires_grad_(False)
     if not placement.single:
         model.model.layer_devices = placement.layers
@@ -338,6 +345,50 @@ def _original_tower(config: LlavaConfig, model_dir: Path, override: str | None, 
     return _load_clip(tower_dir, dtype, torch.device("cpu")), processor
 
 
+def _video_llava_towers(
+    config: LlavaConfig, model_dir: Path, towers: dict, image_override, video_override, dtype, device
+):
+    """(image tower, video tower, image processor, video processor) of a Video-LLaVA checkpoint.
+
+    Original format: as the original code, the towers come from the LanguageBind folders the config names
+    (`mm_image_tower`, `mm_video_tower`; the copies inside the shards are not used), the video tower with its
+    temporal attention in every layer. -hf format: both towers are in the checkpoint, and its video tower is a plain
+    CLIP run on each frame (the conversion dropped the temporal layers; specs/video.md 1.3)."""
+    from llava.model.multimodal_encoder.languagebind import (
+        LanguageBindVideoTower,
+        load_languagebind_image_tower,
+        load_languagebind_video_tower,
+    )
+    from llava.model.multimodal_encoder.video_processor import VideoLlavaVideoProcessor
+
+    layer = config.mm_vision_select_layer
+    if config.checkpoint_format == HF_FORMAT:
+        image_clip = _clip_from_state(config.vision_config, towers.get("tower", {}), model_dir)
+        image = CLIPVisionTower(image_clip, layer, "patch")
+        image.truncate_unused_layers()
+        video_clip = _clip_from_state(config.vision_config, towers.get("video_tower", {}), model_dir)
+        video = LanguageBindVideoTower(video_clip, layer, num_frames=config.num_frames)
+        video.truncate_unused_layers()
+    else:
+        folders = {}
+        for kind, name, override in (
+            ("image", config.mm_image_tower, image_override),
+            ("video", config.mm_video_tower, video_override),
+        ):
+            source = f"{kind} tower argument" if override else f"mm_{kind}_tower in {model_dir / 'config.json'}"
+            if not (override or name):
+                raise VisionTowerNotFoundError(f"No {kind} tower: config.json has no mm_{kind}_tower ({model_dir})")
+            folders[kind] = locate_vision_tower(override or name, source, model_dir)
+        image = load_languagebind_image_tower(folders["image"], select_layer=layer)
+        video = load_languagebind_video_tower(folders["video"], select_layer=layer)
+    image = image.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    video = video.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    size = image.config.image_size
+    image_processor = CLIPImagePreprocessor(size=size, crop_size=size)
+    video_processor = VideoLlavaVideoProcessor(size=video.config.image_size, num_frames=video.num_frames)
+    return image, video, image_processor, video_processor
+
+
 def _clip_from_state(vision_config, tower_state: dict, model_dir: Path):
     """A CLIPVisionModel built from `vision_config` holding the checkpoint's tower weights, or a clear error when
     the checkpoint's tower is missing or does not fit the config."""
@@ -370,10 +421,10 @@ def _assign_weights(
     model: LlavaLlamaForCausalLM, config: LlavaConfig, files, dtype: torch.dtype, placement: Placement
 ) -> dict:
     """Move the shards' language-model tensors into `model` (built on meta), each onto its device in `placement`;
-    return the vision-tower tensors."""
-    expected = {k for k in model.state_dict() if not k.startswith("model.vision_tower.")}
+    return the vision towers' tensors by kind ("tower", and Video-LLaVA's "image_tower" / "video_tower")."""
+    expected = {k for k in model.state_dict() if not k.startswith(("model.vision_tower.", "model.video_tower."))}
     params = dict(model.named_parameters())
-    tower: dict[str, torch.Tensor] = {}
+    towers: dict[str, dict[str, torch.Tensor]] = {}
     seen: set[str] = set()
     vocab_rows = config.vocab_size
     for name, tensor in iter_tensors(files):
@@ -381,8 +432,8 @@ def _assign_weights(
         if where is None:
             continue
         kind, key = where
-        if kind == "tower":
-            tower[key] = tensor
+        if kind != "llm":
+            towers.setdefault(kind, {})[key] = tensor
             continue
         if key not in expected:
             logger.info("Ignoring checkpoint tensor %s", name)
@@ -403,4 +454,4 @@ def _assign_weights(
             f"The checkpoint is missing {len(missing)} weights of the language model / projector, e.g. "
             f"{sorted(missing)[:3]}; the files may be incomplete or belong to another model"
         )
-    return tower
+    return towers

@@ -74,7 +74,8 @@ _HF_RULES = [
     (re.compile(r"^(?:model\.)?multi_modal_projector\.linear_2\."), "model.mm_projector.2."),
     (re.compile(r"^(?:model\.)?image_newline$"), "model.image_newline"),
 ]
-_HF_TOWER = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
+_HF_TOWER = re.compile(r"^(?:model\.)?(?:vision_tower|image_tower)\.(?:vision_model\.)?")  # image_tower: Video-LLaVA-hf
+_HF_VIDEO_TOWER = re.compile(r"^(?:model\.)?video_tower\.(?:vision_model\.)?")
 
 
 def split_key(name: str, checkpoint_format: str) -> tuple[str, str] | None:
@@ -94,6 +95,9 @@ def split_key(name: str, checkpoint_format: str) -> tuple[str, str] | None:
     tower = _HF_TOWER.match(name)
     if tower:
         return "tower", name[tower.end() :]
+    video_tower = _HF_VIDEO_TOWER.match(name)
+    if video_tower:
+        return "video_tower", name[video_tower.end() :]
     for pattern, replacement in _HF_RULES:
         if pattern.match(name):
             return "llm", pattern.sub(replacement, name, count=1)

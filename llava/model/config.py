@@ -22,7 +22,7 @@ HF_FORMAT = "llava-hf"
 # model_type values this package loads: original LLaVA (1.5 and 1.6 share "llava"; 1.6-Mistral says
 # "llava_mistral") and transformers' llava-hf classes.
 ORIGINAL_MODEL_TYPES = ("llava", "llava_llama", "llava_mistral")
-HF_MODEL_TYPES = ("llava", "llava_next")
+HF_MODEL_TYPES = ("llava", "llava_next", "video_llava")
 # Decoder families by the text model_type: both run transformers' own layers (`llava.model.language_model.family`).
 TEXT_CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig}
 DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -90,6 +90,7 @@ class LlavaConfig:
     # llava-hf only: the tower's config (it lives in the checkpoint) and the id of its image placeholder token.
     vision_config: CLIPVisionConfig | None = None
     image_token_index: int | None = None
+    video_token_index: int | None = None  # Video-LLaVA-hf: its video tower (plain CLIP per frame) is in the checkpoint
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -126,7 +127,7 @@ class LlavaConfig:
     @property
     def is_video_llava(self) -> bool:
         """A Video-LLaVA checkpoint: LanguageBind image + video towers sharing one projector."""
-        return self.mm_video_tower is not None
+        return self.mm_video_tower is not None or self.video_token_index is not None
 
     @property
     def has_image_newline(self) -> bool:
@@ -268,6 +269,7 @@ class LlavaConfig:
             checkpoint_format=HF_FORMAT,
             vision_config=vision,
             image_token_index=raw.get("image_token_index", raw.get("image_token_id")),
+            video_token_index=raw.get("video_token_index") if raw.get("model_type") == "video_llava" else None,
             raw=raw,
         )
 
