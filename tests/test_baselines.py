@@ -205,5 +205,5 @@ def test_impossible_budgets_are_refused_when_set(loaded, method):
 
 
 def test_layouts_refuse_two_images_in_one_sample():
-    with pytest.raises(ValueError, match="one image per sample"):
+    with pytest.raises(ValueError, match="one image or video per sample"):
         layouts_from_spans([[(3, 10), (20, 10)]], [40], 40)

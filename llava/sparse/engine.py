@@ -52,8 +52,8 @@ def layouts_from_spans(
     for spans, length, provenance in zip(image_spans, lengths, tokens, strict=True):
         if len(spans) > 1:
             raise ValueError(
-                "Visual-token pruning handles one image per sample; this prompt holds "
-                f"{len(spans)} <image> placeholders. Use one image, or --method none."
+                "The engine handles one image or video per sample; this prompt holds "
+                f"{len(spans)} <image> / <video> placeholders. Ask about one image or video at a time."
             )
         if not spans:
             layouts.append(VisualLayout(length, 0, 0))

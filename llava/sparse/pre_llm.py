@@ -156,10 +156,12 @@ class UniformPruning(PreLLMTopK):
     def select_tokens(self, tokens, features, cls_attention):
         if tokens.grid_hw is None:
             return super().select_tokens(tokens, features, cls_attention)
-        count = self.view_count(len(tokens))  # a non-square grid (Qwen-VL): stride sampling in raster order
-        if count >= len(tokens):
+        # a non-square grid (Qwen-VL): stride sampling in raster order, per view (a video: per frame pair)
+        per_view = [torch.nonzero(tokens.view == v).flatten() for v in range(tokens.num_views)]
+        count = self.view_count(len(per_view[0]))
+        if count >= len(per_view[0]):
             return None
-        return torch.linspace(0, len(tokens) - 1, count).round().long()
+        return torch.cat([idx[torch.linspace(0, len(idx) - 1, count).round().long()] for idx in per_view])
 
     def choose(self, features, cls_attention, count):
         side = math.isqrt(features.shape[1])

@@ -2,9 +2,11 @@
 
 The modules are transformers' (`Qwen2_5_VLForConditionalGeneration` / `Qwen2VLForConditionalGeneration` loaded by
 `from_pretrained`, then taken apart): the vision transformer with its merger, the text decoder layers, norm and
-M-RoPE table, `lm_head`. What is ours: the splice of each image's merged tokens at its `<image>` placeholder, the
-3-D rotary positions (`mrope_positions`, transformers' `get_rope_index` rule for images), and everything the shared
-machinery does (`llava.model.vlm`): pruning between layers, the per-layer cache, decoding.
+M-RoPE table, `lm_head`. What is ours: the splice of each image's merged tokens at its `<image>` placeholder (and of
+each video clip's at its `<video>` placeholder), the 3-D rotary positions (`mrope_positions`, transformers 5.23's
+`get_rope_index` rule), the video preprocessing (`preprocess_video`, transformers' Qwen2-VL video processor written
+out, since that one needs torchvision), and everything the shared machinery does (`llava.model.vlm`): pruning
+between layers, the per-layer cache, decoding.
 
 Positions are [B, L, 3] (temporal, height, width ids) through the engine; kept tokens keep theirs after pruning,
 and the first generated token takes max(prompt ids) + 1 in every layer, as in transformers and every public port.
@@ -14,18 +16,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from llava.model.anyres import grid_layout
+from llava.model.anyres import MergeLayout, grid_layout
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, splice_image_features
 from llava.model.vlm import VisionLanguageModel
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 MERGE = 2  # spatial merge: 2 x 2 patches of 14 px per LLM token
 PATCH = 14
+TEMPORAL_PATCH = 2  # two consecutive frames form one 3-D patch (an image is its own frame twice)
 QWEN_CONV_MODE = "qwen2_vl"
+# Per-frame pixel bounds of a video: transformers' `Qwen2VLVideoProcessor` class defaults = qwen-vl-utils'
+# VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS.
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MROPE_VIDEO_RULES = ("transformers", "qwen")
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH * MERGE):
@@ -46,6 +60,152 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, fact
     return h, w
 
 
+# -- video preprocessing ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QwenVideo:
+    """One preprocessed clip, what `prepare_inputs(videos=[...])` takes: pixel patches [t * h * w, 3 * 2 * 14 * 14]
+    (temporal patches outermost, then merge-block-major as for images), `grid_thw` = (t, h, w) in patch units
+    (t frame pairs, h x w patches of 14 px per frame), and the time one frame pair spans."""
+
+    pixels: torch.Tensor
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float  # temporal_patch_size / fps: transformers' `second_per_grid_ts` entry
+    fps: float  # the rate the frames were sampled at
+
+    @property
+    def num_tokens(self) -> int:
+        """LLM tokens of the clip: frame pairs x merged cells per frame."""
+        t, h, w = self.grid_thw
+        return t * (h // MERGE) * (w // MERGE)
+
+
+def _processor_value(processor, name: str, default):
+    value = getattr(processor, name, None) if processor is not None else None
+    return default if value is None else value
+
+
+def _as_frames(frames) -> torch.Tensor:
+    """uint8 RGB frames [T, H, W, 3] (numpy, torch, or a list of equally sized frames / PIL images) as a tensor."""
+    if isinstance(frames, (list, tuple)):
+        arrays = [np.asarray(frame) for frame in frames]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"The frames of one video must all have one size, got shapes {sorted(shapes)}; resize them to one "
+                "size first (or decode them with read_video_frames)"
+            )
+        frames = np.stack(arrays) if arrays else np.zeros((0, 0, 0, 3), np.uint8)
+    video = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    if video.dtype != torch.uint8 or video.dim() != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
+        raise ValueError(
+            f"A video must be uint8 RGB frames of shape (T, H, W, 3) with T >= 1, got {video.dtype} "
+            f"{tuple(video.shape)}"
+        )
+    return video.cpu()
+
+
+def preprocess_video(
+    frames,
+    processor=None,
+    fps: float = 2.0,
+    min_pixels: int = VIDEO_MIN_PIXELS,
+    max_pixels: int = VIDEO_MAX_PIXELS,
+) -> QwenVideo:
+    """uint8 RGB frames [T, H, W, 3] -> `QwenVideo`, the steps of transformers 5.23's `Qwen2VLVideoProcessor`
+    (torchvision backend, frames on the CPU, no frame sampling, `cap_pixels_per_frame` off):
+
+    1. every frame gets the size `smart_resize(H, W, min_pixels, max_pixels)` (factor 28) and is resized as a uint8
+       tensor by torchvision's `resize(..., BICUBIC, antialias=True)`, which on the CPU is
+       `F.interpolate(uint8, mode="bicubic", antialias=True, align_corners=False)` computed natively in uint8 (so it
+       rounds and clamps inside, and is not the float path; on a GPU torchvision goes through float32 and rounds, which
+       differs by a few levels). A frame already at that size is left as it is.
+    2. rescale and normalise fused in float32: (x - 255 * mean) / (255 * std).
+    3. an odd frame count is padded by repeating the last frame; patches are cut as [t, h/2, w/2, 2, 2, C, 2, 14, 14]
+       (frame pair, merged row, merged column, patch row and column in the cell, channel, frame in the pair, pixels).
+
+    `processor` (the model's image processor) gives the mean, std and patch sizes; `fps` is the rate the frames were
+    sampled at (`second_per_grid_t` = 2 / fps). The default pixel bounds are the video processor's class defaults
+    (128..768 x 28^2, qwen-vl-utils' too). Note: transformers' `AutoVideoProcessor` on a Hub folder without a
+    `video_preprocessor_config.json` reads `preprocessor_config.json` instead, so videos then get the *image* bounds
+    (3136..12845056 on the Hub checkpoints); pass those to match such a run."""
+    video = _as_frames(frames)
+    patch = int(_processor_value(processor, "patch_size", PATCH))
+    merge = int(_processor_value(processor, "merge_size", MERGE))
+    temporal = int(_processor_value(processor, "temporal_patch_size", TEMPORAL_PATCH))
+    if (patch, merge) != (PATCH, MERGE):
+        raise ValueError(f"Qwen-VL video patches are {PATCH} px merged {MERGE}x{MERGE}, got {patch} and {merge}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    mean = _processor_value(processor, "image_mean", OPENAI_CLIP_MEAN)
+    std = _processor_value(processor, "image_std", OPENAI_CLIP_STD)
+    rescale = float(_processor_value(processor, "rescale_factor", 1 / 255))
+
+    video = video.permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
+    height, width = video.shape[-2:]
+    new_h, new_w = smart_resize(height, width, min_pixels, max_pixels, factor=patch * merge)
+    if (new_h, new_w) != (height, width):
+        video = F.interpolate(video, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    scale = 1.0 / rescale
+    mean = (torch.tensor(mean) * scale).view(-1, 1, 1)
+    std = (torch.tensor(std) * scale).view(-1, 1, 1)
+    video = (video.to(torch.float32) - mean) / std
+
+    if pad := -len(video) % temporal:
+        video = torch.cat([video, video[-1:].expand(pad, -1, -1, -1)])
+    t, h, w = len(video) // temporal, new_h // patch, new_w // patch
+    patches = video.view(t, temporal, 3, h // merge, merge, patch, w // merge, merge, patch)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * h * w, 3 * temporal * patch * patch)
+    return QwenVideo(patches, (t, h, w), temporal / fps, float(fps))
+
+
+def qwen_num_frames(total: int, video_fps: float, fps: float = 2.0, min_frames: int = 4, max_frames: int = 768) -> int:
+    """Frames qwen-vl-utils samples from a video of `total` frames at `video_fps` (`smart_nframes`, fps mode):
+    total / video_fps * fps, clamped to [min_frames rounded up to even, min(max_frames, total) rounded down to even]
+    and to `total`, then rounded down to an even count."""
+    low = math.ceil(min_frames / TEMPORAL_PATCH) * TEMPORAL_PATCH
+    high = math.floor(min(max_frames, total) / TEMPORAL_PATCH) * TEMPORAL_PATCH
+    count = min(max(total / video_fps * fps, low), high, total)
+    count = math.floor(count / TEMPORAL_PATCH) * TEMPORAL_PATCH
+    if not TEMPORAL_PATCH <= count <= total:
+        raise ValueError(f"A video of {total} frames is too short for Qwen-VL (at least {TEMPORAL_PATCH} frames)")
+    return count
+
+
+def video_metadata(path: str | os.PathLike) -> tuple[int, float]:
+    """(frame count, frames per second) of a video file, read with PyAV: the container's frame count when it has one
+    (Matroska/WebM have none: one full decode counts them) and the stream's average rate."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise ValueError(f"{path}: the frame rate is unknown; pass num_frames to load_video")
+        total = int(stream.frames) if stream.frames > 0 else sum(1 for _ in container.decode(stream))
+    return total, float(rate)
+
+
+def video_layout(frame_pairs: int, rows: int, cols: int) -> MergeLayout:
+    """The merged block of a clip: one view per frame pair (view = temporal index), each a `rows` x `cols` raster, so
+    per-view (per-frame) methods act on each frame pair."""
+    per_view = rows * cols
+    index = torch.arange(frame_pairs * per_view)
+    view, patch = index // per_view, index % per_view
+    row, col = patch // cols, patch % cols
+    return MergeLayout(view, patch, row, col, frame_pairs, max(rows, cols), (0, 0), grid_hw=(rows, cols))
+
+
+@dataclasses.dataclass
+class EncodedVideo(EncodedImage):
+    """A clip's visual block; M-RoPE spaces its frame pairs `time_interval` temporal ids apart (before flooring)."""
+
+    time_interval: torch.Tensor = dataclasses.field(default_factory=lambda: torch.tensor(1.0))
+
+
 @dataclasses.dataclass
 class QwenVLConfig:
     """What our machinery reads of a Qwen2(.5)-VL checkpoint (`hf`: transformers' config, kept whole)."""
@@ -62,6 +222,8 @@ class QwenVLConfig:
     tokenizer_model_max_length: int | None = None
     conv_mode: str = QWEN_CONV_MODE
     repetition_penalty: float = 1.0  # the checkpoint's generation_config.json (1.05 for the Instruct models)
+    # where text after a video resumes in M-RoPE: "transformers" (5.23) or "qwen" (original code), see mrope_positions
+    mrope_video_rule: str = "transformers"
 
     @property
     def model_type(self) -> str:
@@ -186,16 +348,97 @@ class QwenVLForCausalLM(VisionLanguageModel):
             encoded.append(EncodedImage(feats[source.to(feats.device)], tokens, len(full)))
         return encoded
 
+    def encode_videos(self, videos: Sequence[QwenVideo]) -> list[EncodedVideo]:
+        """Per clip, its merged tokens in (frame pair, row, column) order (the tower runs once over all clips; its
+        attention never crosses frames). Qwen2.5-VL spaces frame pairs tokens_per_second x second_per_grid_t
+        temporal ids apart, Qwen2-VL one."""
+        grids = []
+        for i, video in enumerate(videos):
+            if not isinstance(video, QwenVideo):
+                raise ValueError(
+                    f"video {i} is a {type(video).__name__}; Qwen-VL takes the clips model.load_video(...) returns"
+                )
+            t, h, w = (int(x) for x in video.grid_thw)
+            patch_dim = 3 * TEMPORAL_PATCH * PATCH * PATCH
+            if (
+                min(t, h, w) < 1
+                or h % MERGE
+                or w % MERGE
+                or video.pixels.dim() != 2
+                or tuple(video.pixels.shape) != (t * h * w, patch_dim)
+            ):
+                raise ValueError(
+                    f"video {i}: pixel patches of shape {tuple(video.pixels.shape)} do not match its grid_thw "
+                    f"{(t, h, w)} (expected ({t * h * w}, {patch_dim}), h and w even); preprocess the frames with "
+                    "model.load_video(frames, image_processor)"
+                )
+            grids.append((t, h, w))
+        visual = self.model.visual
+        thw = torch.tensor(grids, device=self.input_device)
+        pixels = torch.cat([video.pixels for video in videos]).to(self.input_device, visual.dtype)
+        merged = visual(pixels, grid_thw=thw).pooler_output
+        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", None)
+        encoded = []
+        sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in grids]
+        for feats, (t, h, w), video in zip(merged.split(sizes), grids, videos, strict=True):
+            full = video_layout(t, h // MERGE, w // MERGE)
+            keep = self.pruning.select_tokens(full, feats.view(t, -1, feats.shape[-1]), None)
+            tokens = full if keep is None else full.select(keep)
+            if self.config.model_type == "qwen2_5_vl":  # float32, as transformers multiplies the processor's tensor
+                interval = tokens_per_second * torch.tensor(video.second_per_grid_t, dtype=torch.float32)
+            else:
+                interval = torch.tensor(1.0)
+            encoded.append(EncodedVideo(feats[tokens.source().to(feats.device)], tokens, len(full), interval))
+        return encoded
+
+    def load_video(
+        self,
+        path_or_frames,
+        processor=None,
+        num_frames: int | None = None,
+        fps: float = 2.0,
+        min_pixels: int = VIDEO_MIN_PIXELS,
+        max_pixels: int = VIDEO_MAX_PIXELS,
+    ) -> QwenVideo:
+        """A video file or decoded uint8 frames [T, H, W, 3] -> the clip `generate(videos=[...])` takes.
+
+        A file: `num_frames` frames (rounded to an even count, as qwen-vl-utils does) or, when None, qwen-vl-utils'
+        fps rule (`qwen_num_frames`: `fps` frames a second, 4..768, even) from the file's frame count and rate, picked
+        at round(linspace(0, total - 1, n)) (`read_video_frames(..., rule="qwen")`); the sampled rate n / total x the
+        file's rate sets the clip's time stamps. Frames given directly are taken as sampled at `fps` (transformers'
+        processor would assume 24 fps for frames without metadata). Preprocessing: `preprocess_video`."""
+        if not isinstance(path_or_frames, (str, os.PathLike)):
+            return preprocess_video(path_or_frames, processor, fps, min_pixels, max_pixels)
+        from llava.model.multimodal_encoder.video_processor import read_video_frames
+
+        total, video_fps = video_metadata(path_or_frames)
+        if num_frames is None:
+            num_frames = qwen_num_frames(total, video_fps, fps)
+        else:
+            num_frames = max(TEMPORAL_PATCH, round(num_frames / TEMPORAL_PATCH) * TEMPORAL_PATCH)
+        frames = read_video_frames(path_or_frames, num_frames, rule="qwen")
+        sampled_fps = num_frames / total * video_fps
+        return preprocess_video(frames, processor, sampled_fps, min_pixels, max_pixels)
+
     def prepare_inputs(
         self, input_ids, images=None, attention_mask=None, image_sizes=None, videos=None
     ) -> MultimodalInputs:
-        if videos is not None:
-            raise ValueError("Video input is not supported for Qwen-VL yet")
+        """Images are spliced at `<image>` placeholders and videos (`QwenVideo`s, from `load_video`) at `<video>`
+        ones. A batch may mix image and video samples. One prompt holding both is spliced and positioned as
+        transformers does, but the engine's prefill (`llava.sparse.engine.layouts_from_spans`) takes one visual
+        block per sample for now."""
         device = self.input_device
-        encoded = None
+        encoded: list[EncodedImage] = []
         if images is not None:
             images = [images] if isinstance(images, torch.Tensor) and images.dim() == 2 else list(images)
-            encoded = self.encode_images(images, image_sizes)
+            encoded += self.encode_images(images, image_sizes)
+        features = [image.features for image in encoded] if images is not None else None
+        video_features = None
+        if videos is not None:
+            videos = [videos] if isinstance(videos, QwenVideo) else list(videos)
+            encoded_videos = self.encode_videos(videos) if videos else []
+            video_features = [video.features for video in encoded_videos]
+            encoded += encoded_videos
         if isinstance(input_ids, torch.Tensor):
             input_ids = input_ids.to(device)
             if input_ids.dim() == 1:
@@ -204,18 +447,27 @@ class QwenVLForCausalLM(VisionLanguageModel):
             input_ids = [ids.to(device) for ids in input_ids]
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
-        features = None if encoded is None else [image.features for image in encoded]
-        inputs = splice_image_features(input_ids, attention_mask, features, self.model.embed_tokens, None)
-        inputs.images = encoded
-        inputs.position_ids = mrope_positions(inputs, encoded)
+        inputs = splice_image_features(
+            input_ids, attention_mask, features, self.model.embed_tokens, None, video_features=video_features
+        )
+        inputs.images = encoded if images is not None or videos is not None else None
+        inputs.position_ids = mrope_positions(inputs, inputs.images, self.config.mrope_video_rule)
         return inputs
 
 
-def mrope_positions(inputs: MultimodalInputs, encoded: list[EncodedImage] | None) -> torch.Tensor:
-    """[B, L, 3] M-RoPE ids of a spliced, left-padded batch (transformers' `get_rope_index` for images): text runs
-    count on from the previous run on all three rows; an image's token at (row, col) of its grid gets (c, c + row,
-    c + col) with c where its run starts, and the next run starts at c + max(rows, cols). Padding gets 0. Tokens
-    a pre-LLM method dropped keep the ids of their grid cell."""
+def mrope_positions(
+    inputs: MultimodalInputs, encoded: list[EncodedImage] | None, video_rule: str = "transformers"
+) -> torch.Tensor:
+    """[B, L, 3] M-RoPE ids of a spliced, left-padded batch (transformers 5.23's `get_rope_index`): text runs count
+    on from the previous run on all three rows; the token of frame pair k at (row, col) of a visual block gets
+    (c + floor(k x interval), c + row, c + col) with c where its run starts (interval: `EncodedVideo.time_interval`;
+    an image is one frame pair). Padding gets 0. Tokens a pre-LLM method dropped keep the ids of their cell.
+
+    The next run starts at c + max(rows, cols) (`video_rule="transformers"`, what transformers 5.23 does, even when a
+    video's temporal ids run higher, so text after a long video can reuse temporal positions), or at the block's
+    largest id + 1 (`"qwen"`: the original Qwen code and transformers <= 5.0). Both agree on images."""
+    if video_rule not in MROPE_VIDEO_RULES:
+        raise ValueError(f"Unknown M-RoPE video rule {video_rule!r}; use one of {MROPE_VIDEO_RULES}")
     batch, length = inputs.token_mask.shape
     positions = torch.zeros(batch, length, 3, dtype=torch.long)
     for b in range(batch):
@@ -225,13 +477,18 @@ def mrope_positions(inputs: MultimodalInputs, encoded: list[EncodedImage] | None
             text = start - at
             positions[b, at:start] = (cursor + torch.arange(text))[:, None]
             cursor += text
-            tokens = encoded[idx].tokens
+            block = encoded[idx]
+            tokens = block.tokens
             rows, cols = tokens.grid_hw
+            interval = getattr(block, "time_interval", torch.tensor(1.0))
             kept = tokens.select(slice(0, count))
-            positions[b, start : start + count, 0] = cursor
+            positions[b, start : start + count, 0] = cursor + (kept.view * interval).long()
             positions[b, start : start + count, 1] = cursor + kept.row
             positions[b, start : start + count, 2] = cursor + kept.col
-            cursor += max(rows, cols)
+            extent = max(rows, cols)
+            if video_rule == "qwen":
+                extent = max(extent, int(((tokens.num_views - 1) * interval).long()) + 1)
+            cursor += extent
             at = start + count
         positions[b, at:] = (cursor + torch.arange(length - at))[:, None]
     return positions.to(inputs.token_mask.device)
