@@ -291,3 +291,8 @@ def write_benchmarks(eval_dir, names=None, questions: dict | None = None, defaul
     for name in names or BENCHMARK_WRITERS:
         BENCHMARK_WRITERS[name](eval_dir, (questions or {}).get(name, default))
     return eval_dir
+
+
+def image_benchmark_script(stem: str) -> bool:
+    """A v1_5 eval script of an image benchmark (not a shared helper, not a video-QA run_qa_* / eval_qa_* script)."""
+    return stem != "common" and not stem.startswith(("run_qa_", "eval_qa_", "common_"))

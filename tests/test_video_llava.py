@@ -2,6 +2,8 @@
 against transformers' own `VideoLlavaForConditionalGeneration` on the same weights; every pruning method on video
 (keep-everything, batches, per-frame budgets, SparseVLM's video branch against a brute-force rank)."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -248,3 +250,55 @@ def test_sparsevlm_video_branch_keeps_rank_of_the_raters_attention(parity, clips
     kept = accounts[0].kept[1]
     assert len(kept) == rank < count
     assert kept.tolist() == expected.tolist()
+
+
+def test_video_qa_generator_end_to_end_chunked_batched_and_resumed(root, original, tmp_path):
+    """model_video_qa on the tiny Video-LLaVA: two chunks merged equal one batched run answer for answer, each
+    answer keeps its own question's ground truth, a missing video and a too-short clip fail alone (a short clip
+    runs with --repeat-short-videos), and a rerun answers nothing again."""
+    from llava.eval import model_video_qa
+    from llava.eval.answer_files import read_jsonl
+    from llava.eval.answering import chunk_path
+    from llava.eval.merge_chunks import merge_chunks
+
+    folder = tmp_path / "MSVD_Zero_Shot_QA"
+    (folder / "videos").mkdir(parents=True)
+    write_video(folder / "videos" / "v0.mp4", synthetic_frames(20, 96, 64))
+    write_video(folder / "videos" / "v1.mkv", synthetic_frames(9, 64, 64))
+    write_video(folder / "videos" / "short.mp4", synthetic_frames(5, 64, 64))
+    names = ["v0", "v1", "v0", "gone", "short", "v1"]
+    questions = [{"video_name": n, "question_id": f"q{i}", "question": f"what is {i}?"} for i, n in enumerate(names)]
+    answers = [{"answer": f"gt{i}", "type": 3, "question_id": f"q{i}"} for i in reversed(range(len(names)))]
+    (folder / "test_q.json").write_text(json.dumps(questions))
+    (folder / "test_a.json").write_text(json.dumps(answers))
+    model_path = str(root / "temporal" / "Video-LLaVA-tiny")
+
+    def run(answers_file, *extra):
+        model_video_qa.main(
+            ["--model-path", model_path, "--video-folder", str(folder / "videos"), "--question-file",
+             str(folder / "test_q.json"), "--answer-file", str(folder / "test_a.json"), "--answers-file",
+             str(answers_file), "--max_new_tokens", "3", "--device", "cpu", *extra]
+        )  # fmt: skip
+
+    batched = tmp_path / "batched.jsonl"
+    run(batched, "--batch-size", "3")
+    for k in range(2):  # as two processes would (torchrun names the chunk files the same way)
+        run(chunk_path(tmp_path / "chunked.jsonl", 2, k), "--num-chunks", "2", "--chunk-idx", str(k))
+    merge_chunks(tmp_path / "chunked.jsonl", 2)
+    one, two = read_jsonl(batched), read_jsonl(tmp_path / "chunked.jsonl")
+    assert [r["question_id"] for r in one] == [r["question_id"] for r in two] == [f"q{i}" for i in range(6)]
+    assert [r["text"] for r in one] == [r["text"] for r in two]
+    assert all(r["answer"] == "gt" + r["question_id"][1:] for r in one + two)
+    failed = {r["question_id"]: r["error"] for r in one if "error" in r}
+    assert (
+        sorted(failed) == ["q3", "q4"]
+        and "FileNotFoundError" in failed["q3"]
+        and "5 frame(s), fewer than the 8" in failed["q4"]
+    )
+    assert one[0]["metadata"]["visual_tokens"] == FRAMES * (PATCHES + 1)
+
+    run(batched, "--repeat-short-videos")  # resumes: every question already answered, nothing regenerated
+    assert read_jsonl(batched) == one
+    retried = tmp_path / "repeat.jsonl"
+    run(retried, "--repeat-short-videos")
+    assert "error" not in read_jsonl(retried)[4]

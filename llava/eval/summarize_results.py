@@ -2,10 +2,14 @@
 `python -m llava.eval.summarize_results --eval-dir playground/data/eval --out results`.
 
 A run is an answer file `<eval-dir>/<benchmark>/answers/[<split>/]<model>/<tag>.jsonl` (the layout the scripts in
-scripts/v1_5/eval write). For each one it runs the benchmark's scorer (where the score is local) and averages the
-efficiency metadata of its answers. Writes `results.md` (scores per model and method, then efficiency per run),
-`results.csv` (one row per run), `score_vs_tokens.png` and `score_vs_flops.png` (score against equal tokens and
-against decoder TFLOPs, one line per method, one panel per benchmark).
+scripts/v1_5/eval write; video QA sits one folder deeper: `<eval-dir>/GPT_Zero_Shot_QA/<Set>_Zero_Shot_QA/answers/
+<subset>/<model>/<tag>.jsonl`). For each one it runs the benchmark's scorer (where the score is local) and averages
+the efficiency metadata of its answers. Video QA is scored by a paid GPT judge, never run here: its rows read the
+judge's results, `<Set>_Zero_Shot_QA/results/<subset>/<model>/<tag>/<judge model>.json` (one row per judge), with
+Accuracy (percent) as the score and the judge's 0-5 Score in `gpt_score`. Writes `results.md` (scores per model and
+method, video QA as "Accuracy / Score", then efficiency per run), `results.csv` (one row per run),
+`score_vs_tokens.png` and `score_vs_flops.png` (score against equal tokens and against decoder TFLOPs, one line per
+method, one panel per benchmark).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from llava.eval.answer_files import is_failed, iter_jsonl
+from llava.eval import video_qa
+from llava.eval.answer_files import is_failed, iter_jsonl, read_json
 
 EFFICIENCY = (
     "equal_tokens",
@@ -58,23 +63,26 @@ def _scorer_args(bench: str, folder: Path, split: str, answers: Path, model: str
 
 
 def find_runs(eval_dir: Path) -> list[dict]:
+    """Every answer file under <eval-dir>/<benchmark>/answers, and under the video-QA folders one level deeper."""
     runs = []
-    for answers in sorted(eval_dir.glob("*/answers/**/*.jsonl")):
-        rel = answers.relative_to(eval_dir)
-        if any(p.endswith(".chunks") for p in rel.parts) or answers.stem.endswith("_output"):
-            continue
-        bench, inner = rel.parts[0], rel.parts[2:]
-        if len(inner) < 2:
-            continue
-        runs.append(
-            {
-                "benchmark": bench,
-                "split": "/".join(inner[:-2]),
-                "model": inner[-2],
-                "tag": answers.stem,
-                "answers": answers,
-            }
-        )
+    for root in (eval_dir, eval_dir / video_qa.ROOT):
+        for answers in sorted(root.glob("*/answers/**/*.jsonl")):
+            rel = answers.relative_to(root)
+            if any(p.endswith(".chunks") for p in rel.parts) or answers.stem.endswith("_output"):
+                continue
+            bench, inner = rel.parts[0], rel.parts[2:]
+            if len(inner) < 2:
+                continue
+            runs.append(
+                {
+                    "benchmark": bench,
+                    "split": "/".join(inner[:-2]),
+                    "model": inner[-2],
+                    "tag": answers.stem,
+                    "answers": answers,
+                    "folder": root / bench,
+                }
+            )
     return runs
 
 
@@ -94,9 +102,8 @@ def efficiency(answers: Path) -> dict:
 
 
 def score(run: dict, eval_dir: Path) -> tuple[float | None, str]:
-    spec = _scorer_args(
-        run["benchmark"], eval_dir / run["benchmark"], run["split"], run["answers"], run["model"], run["tag"]
-    )
+    folder = run.get("folder", eval_dir / run["benchmark"])
+    spec = _scorer_args(run["benchmark"], folder, run["split"], run["answers"], run["model"], run["tag"])
     if spec is None:
         return None, "scored externally"
     module, argv = spec
@@ -111,6 +118,24 @@ def score(run: dict, eval_dir: Path) -> tuple[float | None, str]:
     return (metrics or {}).get("reported"), ""
 
 
+def video_scores(run: dict) -> list[tuple[float | None, float | None, str]]:
+    """(Accuracy, Score, note) of a video-QA run from each judge's results JSON (the judge is a paid API call, so
+    it is never run here); one entry saying how to judge when there is none."""
+    folder = run["folder"] / "results" / run["split"] / run["model"] / run["tag"]
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            results = read_json(path)
+            note = f"judge {results['judge_model']}"
+            if results.get("failures"):
+                note += f", {results['failures']} judge failures left out"
+            found.append((results["accuracy"], results["score"], note))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            found.append((None, None, f"{path.name}: {type(err).__name__}: {err}".splitlines()[0][:160]))
+    script = "eval_qa_" + run["benchmark"].split("_")[0].lower() + ".sh"
+    return found or [(None, None, f"not judged yet: JUDGE_MODEL=... bash scripts/v1_5/eval/{script}")]
+
+
 def family(tag: str) -> str:
     """The method a tag belongs to, without its budget: sparsevlm-2_0-64 -> sparsevlm-2_0."""
     return re.sub(r"-\d+$", "", tag)
@@ -120,15 +145,21 @@ def summarize(eval_dir: str | Path, out: str | Path) -> list[dict]:
     eval_dir, out = Path(eval_dir), Path(out)
     rows = []
     for run in find_runs(eval_dir):
-        reported, note = score(run, eval_dir)
-        rows.append(
-            {
-                **{k: run[k] for k in ("benchmark", "split", "model", "tag")},
-                "score": reported,
-                "note": note,
-                **efficiency(run["answers"]),
-            }
-        )
+        if run["benchmark"] in video_qa.BENCHMARKS:
+            scores = video_scores(run)
+        else:
+            reported, note = score(run, eval_dir)
+            scores = [(reported, None, note)]
+        for reported, gpt_score, note in scores:
+            rows.append(
+                {
+                    **{k: run[k] for k in ("benchmark", "split", "model", "tag")},
+                    "score": reported,
+                    "gpt_score": gpt_score,
+                    "note": note,
+                    **efficiency(run["answers"]),
+                }
+            )
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(_markdown(rows), encoding="utf-8")
@@ -139,7 +170,18 @@ def summarize(eval_dir: str | Path, out: str | Path) -> list[dict]:
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    fields = ["benchmark", "split", "model", "tag", "score", "note", "answers_count", "failed", *EFFICIENCY]
+    fields = [
+        "benchmark",
+        "split",
+        "model",
+        "tag",
+        "score",
+        "gpt_score",
+        "note",
+        "answers_count",
+        "failed",
+        *EFFICIENCY,
+    ]
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -159,7 +201,7 @@ def _markdown(rows: list[dict]) -> str:
         cells = []
         for bench in benches:
             match = [r for r in rows if (r["model"], r["tag"], r["benchmark"]) == (model, tag, bench)]
-            cells.append(_fmt(match[0]["score"]) if match and match[0]["score"] is not None else "")
+            cells.append(_cell(match[0]) if match else "")
         lines.append(f"| {model} | {tag} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -176,6 +218,15 @@ def _markdown(rows: list[dict]) -> str:
             f"{_fmt(r['total_ms'])} | {_fmt(r['kv_cache_mb'])} | {r['note']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict) -> str:
+    """The score; for video QA "Accuracy / Score" (the judge's 0-5 score), as papers report them."""
+    if row["score"] is None:
+        return ""
+    if row.get("gpt_score") is None:
+        return _fmt(row["score"])
+    return f"{_fmt(row['score'])} / {_fmt(row['gpt_score'])}"
 
 
 def _visual(row: dict) -> str:
