@@ -14,7 +14,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--vision-tower",
         type=str,
         default=None,
-        help="CLIP tower folder or Hub id, overriding mm_vision_tower in config.json",
+        help="CLIP tower folder or Hub id, overriding mm_vision_tower in config.json (Video-LLaVA: mm_image_tower)",
+    )
+    parser.add_argument(
+        "--video-tower",
+        type=str,
+        default=None,
+        help="Video-LLaVA: LanguageBind_Video_merge folder or Hub id, overriding mm_video_tower in config.json",
     )
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
@@ -98,6 +104,7 @@ def load_from_args(args: argparse.Namespace):
         use_flash_attn=args.use_flash_attn,
         dtype=args.dtype,
         vision_tower=args.vision_tower,
+        video_tower=getattr(args, "video_tower", None),
         vision_dtype=args.vision_dtype,
         attn_implementation=args.attn_implementation,
         pruning=pruning_from_args(args),

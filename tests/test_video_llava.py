@@ -302,3 +302,17 @@ def test_video_qa_generator_end_to_end_chunked_batched_and_resumed(root, origina
     retried = tmp_path / "repeat.jsonl"
     run(retried, "--repeat-short-videos")
     assert "error" not in read_jsonl(retried)[4]
+
+
+def test_run_llava_answers_about_a_video_file(root, original, clips, capsys):
+    """`run_llava --video-file` gives the answer of generate() on the same clip and prompt, and its account."""
+    from llava.eval import run_llava
+
+    tokenizer, model, _ = original
+    model_path = str(root / "temporal" / "Video-LLaVA-tiny")
+    argv = ["--model-path", model_path, "--video-file", str(root / "a.mp4"), "--query", QUESTIONS[0]]
+    run_llava.main([*argv, "--temperature", "0", "--max_new_tokens", "5", "--device", "cpu", "--method", "none"])
+    printed = capsys.readouterr()
+    expected = model.generate(prompt(tokenizer, QUESTIONS[0])[None], videos=[clips[0]], max_new_tokens=5)
+    assert printed.out.strip() == tokenizer.batch_decode(expected, skip_special_tokens=True)[0].strip()
+    assert "136" in printed.err  # the account line: 8 frames x 17 tokens

@@ -170,7 +170,12 @@ def test_generator_builds_questions_with_videos_and_keeps_missing_ones(tmp_path,
     folder = _benchmark(tmp_path / "Activitynet_Zero_Shot_QA", videos="all_test", prefix="v_")
     (folder / "all_test" / "v_vid2.mp4").unlink()  # questions q4, q5 lose their video
     args = _generator_args(folder, "--subset", "1k", videos="all_test")
-    assert (args.temperature, args.max_new_tokens, args.num_frames, args.repeat_short_videos) == (0.0, 1024, 8, False)
+    assert (args.temperature, args.max_new_tokens, args.num_frames, args.repeat_short_videos) == (
+        0.0,
+        1024,
+        None,
+        False,
+    )
     questions = model_video_qa.build_questions(args)
     assert len(questions) == 6  # nobody dropped
     assert [q.video for q in questions[:4]] == [folder / "all_test" / f"v_vid{i // 2}.mp4" for i in range(4)]

@@ -186,6 +186,9 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
                 options = {"num_frames": getattr(args, "num_frames", None)}
                 if getattr(args, "repeat_short_videos", False):
                     options["repeat_short"] = True
+                for flag, name in (("video_fps", "fps"), ("max_frames", "max_frames")):  # Qwen-VL's sampling
+                    if getattr(args, flag, None) is not None:
+                        options[name] = getattr(args, flag)
                 videos.append(model.load_video(question.video, image_processor, **options))
             ready.append(i)
         except Exception as err:  # unreadable, missing or corrupt image / video: record and go on

@@ -35,7 +35,17 @@ def add_video_args(parser: argparse.ArgumentParser) -> None:
         "questions (recorded as 1k-first1000); 1K numbers are not comparable with full-set numbers",
     )
     parser.add_argument(
-        "--num-frames", type=int, default=8, help="frames sampled per video (Video-LLaVA's tower is built for 8)"
+        "--num-frames",
+        type=int,
+        default=None,
+        help="frames sampled per video (default: the model's; Video-LLaVA's tower is built for 8, Qwen-VL samples "
+        "--video-fps frames a second)",
+    )
+    parser.add_argument(
+        "--video-fps", type=float, default=None, help="Qwen-VL: frames sampled per second of video (default 2.0)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help="Qwen-VL: at most this many frames per video (default 768)"
     )
     parser.add_argument(
         "--repeat-short-videos",
@@ -79,7 +89,7 @@ def build_questions(args: argparse.Namespace) -> list[Question]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.num_frames < 1:
+    if args.num_frames is not None and args.num_frames < 1:
         raise SystemExit("error: --num-frames must be at least 1")
     try:
         questions = build_questions(args)

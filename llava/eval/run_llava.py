@@ -1,5 +1,6 @@
-"""Answer one query about one or more images:
-`python -m llava.eval.run_llava --model-path P --image-file F --query Q`."""
+"""Answer one query about one or more images, or about a video:
+`python -m llava.eval.run_llava --model-path P --image-file F --query Q` (`--video-file V` instead of
+`--image-file` on Video-LLaVA and Qwen-VL checkpoints)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import torch
 
-from llava.constants import IMAGE_PLACEHOLDER
+from llava.constants import DEFAULT_VIDEO_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import get_conv_template, resolve_conv_mode, stop_token_ids
 from llava.mm_utils import (
     get_model_name_from_path,
@@ -22,9 +23,10 @@ from llava.mm_utils import (
 from llava.model_args import add_model_args, load_from_args
 
 
-def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
-    """LLaVA's rule: `<image-placeholder>` marks where images go; without one, the image precedes the query."""
-    token = image_token(mm_use_im_start_end)
+def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool, video: bool = False) -> str:
+    """LLaVA's rule: `<image-placeholder>` marks where images go; without one, the image (or the video) precedes
+    the query."""
+    token = DEFAULT_VIDEO_TOKEN if video else image_token(mm_use_im_start_end)
     if IMAGE_PLACEHOLDER in query:
         query = re.sub(IMAGE_PLACEHOLDER, token, query)
     else:
@@ -38,15 +40,22 @@ def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
 def eval_model(args: argparse.Namespace, loaded=None) -> str:
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
     conv_mode = resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path), model.config)
-    prompt = build_prompt(args.query, conv_mode, model.config.mm_use_im_start_end)
-    images = [load_image(f) for f in args.image_file.split(args.sep)]
-    pixels = to_device(process_images(images, image_processor, model.config), model.device, model.dtype)
+    video = args.video_file is not None
+    prompt = build_prompt(args.query, conv_mode, model.config.mm_use_im_start_end, video)
+    images, pixels, videos = [], None, None
+    if video:
+        clip = model.load_video(args.video_file, image_processor, num_frames=args.num_frames)
+        videos = [clip.to(model.device, model.dtype) if isinstance(clip, torch.Tensor) else clip]
+    else:
+        images = [load_image(f) for f in args.image_file.split(args.sep)]
+        pixels = to_device(process_images(images, image_processor, model.config), model.device, model.dtype)
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     output_ids = model.generate(
         input_ids,
         images=pixels,
-        image_sizes=[im.size for im in images],
+        image_sizes=[im.size for im in images] or None,
+        videos=videos,
         do_sample=args.temperature > 0,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -63,7 +72,10 @@ def eval_model(args: argparse.Namespace, loaded=None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     add_model_args(parser)
-    parser.add_argument("--image-file", type=str, required=True, help="path or http(s) URL; several joined by --sep")
+    visual = parser.add_mutually_exclusive_group(required=True)
+    visual.add_argument("--image-file", type=str, help="path or http(s) URL; several joined by --sep")
+    visual.add_argument("--video-file", type=str, help="a video file (Video-LLaVA, Qwen2(.5)-VL checkpoints)")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames sampled from --video-file")
     parser.add_argument("--query", type=str, required=True)
     parser.add_argument(
         "--conv-mode", type=str, default=None, help="default: inferred from the checkpoint name (conv_mode_for_model)"

@@ -79,10 +79,17 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
         tower = self.get_vision_tower()
         return nominal_visual_tokens(self.config, tower.num_patches, tower.config.image_size)
 
-    def load_video(self, path, processor=None, num_frames: int | None = None, repeat_short: bool = False):
+    def load_video(
+        self, path, processor=None, num_frames: int | None = None, repeat_short: bool = False, fps=None, max_frames=None
+    ):
         """A video file -> the clip `generate(videos=[...])` takes ([3, T, 224, 224]): Video-LLaVA's frame sampling
         and preprocessing (`llava.model.multimodal_encoder.video_processor`), `processor` defaulting to the one the
-        loader attached."""
+        loader attached. `fps` / `max_frames` are Qwen-VL's sampling and refused here."""
+        if fps is not None or max_frames is not None:
+            raise ValueError(
+                "Video-LLaVA samples a fixed number of frames (--num-frames); --video-fps and "
+                "--max-frames are Qwen-VL's"
+            )
         from llava.model.multimodal_encoder.video_processor import VideoLlavaVideoProcessor, read_video_frames
 
         processor = processor if isinstance(processor, VideoLlavaVideoProcessor) else self.video_processor

@@ -399,21 +399,22 @@ class QwenVLForCausalLM(VisionLanguageModel):
         fps: float = 2.0,
         min_pixels: int = VIDEO_MIN_PIXELS,
         max_pixels: int = VIDEO_MAX_PIXELS,
+        max_frames: int = 768,
     ) -> QwenVideo:
         """A video file or decoded uint8 frames [T, H, W, 3] -> the clip `generate(videos=[...])` takes.
 
         A file: `num_frames` frames (rounded to an even count, as qwen-vl-utils does) or, when None, qwen-vl-utils'
-        fps rule (`qwen_num_frames`: `fps` frames a second, 4..768, even) from the file's frame count and rate, picked
-        at round(linspace(0, total - 1, n)) (`read_video_frames(..., rule="qwen")`); the sampled rate n / total x the
-        file's rate sets the clip's time stamps. Frames given directly are taken as sampled at `fps` (transformers'
-        processor would assume 24 fps for frames without metadata). Preprocessing: `preprocess_video`."""
+        fps rule (`qwen_num_frames`: `fps` frames a second, 4..`max_frames`, even) from the file's frame count and
+        rate, picked at round(linspace(0, total - 1, n)) (`read_video_frames(..., rule="qwen")`); the sampled rate
+        n / total x the file's rate sets the clip's time stamps. Frames given directly are taken as sampled at `fps`
+        (transformers' processor would assume 24 fps for frames without metadata). Preprocessing: `preprocess_video`."""
         if not isinstance(path_or_frames, (str, os.PathLike)):
             return preprocess_video(path_or_frames, processor, fps, min_pixels, max_pixels)
         from llava.model.multimodal_encoder.video_processor import read_video_frames
 
         total, video_fps = video_metadata(path_or_frames)
         if num_frames is None:
-            num_frames = qwen_num_frames(total, video_fps, fps)
+            num_frames = qwen_num_frames(total, video_fps, fps, max_frames=max_frames)
         else:
             num_frames = max(TEMPORAL_PATCH, round(num_frames / TEMPORAL_PATCH) * TEMPORAL_PATCH)
         frames = read_video_frames(path_or_frames, num_frames, rule="qwen")
