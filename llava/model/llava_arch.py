@@ -14,6 +14,7 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.model.anyres import MergeLayout, frames_layout, grid_shape, merge_layout, single_view_layout
+from llava.sparse.engine import Selection, apply_selection, split_signals
 
 
 @dataclasses.dataclass
@@ -91,45 +92,63 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
     The tower runs once over all views. A pre-LLM pruning method (`pruning.select_tokens`) picks which tokens of
     each merged block to keep first, so only those are projected; the merge order is kept. Newline tokens are
     the checkpoint's `image_newline` embedding."""
-    tower, projector = model.model.vision_tower, model.model.mm_projector
+    tower = model.model.vision_tower
     # LLaVA merges views only for a 5-D tensor or a list; a 4-D batch is one plain view per image (no newline)
     plain = isinstance(images, torch.Tensor) and images.dim() == 4
     views = as_views(images)
     if image_sizes is not None and len(image_sizes) != len(views):
         raise ValueError(f"{len(views)} images but {len(image_sizes)} image_sizes; give one (width, height) per image")
     pixels = torch.cat(views)
-    if pruning is not None and pruning.needs_cls_attention:
-        features, cls_attention = tower.forward_with_cls_attention(pixels)
-        cls_per_image = cls_attention.split([len(v) for v in views])
+    sizes = [len(v) for v in views]
+    if pruning is None:
+        features, signals = tower(pixels), None
     else:
-        features, cls_per_image = tower(pixels), [None] * len(views)
-    weight = next(projector.parameters(), None)
+        features, signals = pruning.tower_outputs(tower, pixels)
     side = tower.num_patches_per_side
     with_cls = tower.select_feature == "cls_patch"  # each view's features start with its [CLS] token
     layouts, selected = [], []
-    for i, (feats, cls_row) in enumerate(zip(features.split([len(v) for v in views]), cls_per_image, strict=True)):
+    per_image = zip(features.split(sizes), split_signals(signals, sizes), strict=True)
+    for i, (feats, image_signals) in enumerate(per_image):
         if plain:
             full = single_view_layout(side, cls=with_cls)
         else:
             size = _size(image_sizes, i)
             full = image_layout(model.config, len(feats), side, tower.config.image_size, size, with_cls)
-        keep = None if pruning is None else pruning.select_tokens(full, feats, cls_row)
-        tokens = full if keep is None else full.select(keep)
-        layouts.append((tokens, len(full)))
-        source = tokens.source()
-        selected.append(feats.reshape(-1, feats.shape[-1])[source[source >= 0].to(feats.device)])
+        chosen = None if pruning is None else pruning.select_tokens(full, feats, image_signals)
+        tokens, rows = _selected_rows(full, feats, chosen)
+        layouts.append((tokens, len(full), image_signals))
+        selected.append(rows)
+    return _project(model, layouts, selected, pruning)
+
+
+def _selected_rows(full: MergeLayout, feats: torch.Tensor, chosen) -> tuple[MergeLayout, torch.Tensor]:
+    """The layout and tower features (newline tokens excluded) of one block after `select_tokens`' answer."""
+    if isinstance(chosen, Selection):
+        tokens, rows = apply_selection(full, None, chosen)
+        return tokens, rows[~tokens.is_newline.to(rows.device)]
+    tokens = full if chosen is None else full.select(chosen)
+    source = tokens.source()
+    return tokens, feats.reshape(-1, feats.shape[-1])[source[source >= 0].to(feats.device)]
+
+
+def _project(model, layouts, selected, pruning) -> list[EncodedImage]:
+    """Project every block's rows at once, put `image_newline` at the newline tokens, then let the method choose
+    among the projected tokens (`select_projected`)."""
+    weight = next(model.model.mm_projector.parameters(), None)
     rows = torch.cat(selected)
     if weight is not None:
         rows = rows.to(weight.dtype)
-    projected = projector(rows).split([len(s) for s in selected])
+    projected = model.model.mm_projector(rows).split([len(s) for s in selected])
     out = []
-    for (tokens, num_encoded), block in zip(layouts, projected, strict=True):
+    for (tokens, num_encoded, signals), block in zip(layouts, projected, strict=True):
         newline = tokens.is_newline
         if bool(newline.any()):
             merged = block.new_empty((len(tokens), block.shape[-1]))
-            merged[~newline] = block
-            merged[newline] = model.model.image_newline.to(block.dtype)
+            merged[~newline.to(block.device)] = block
+            merged[newline.to(block.device)] = model.model.image_newline.to(block.dtype)
             block = merged
+        if pruning is not None:
+            tokens, block = apply_selection(tokens, block, pruning.select_projected(tokens, block, signals))
         out.append(EncodedImage(block, tokens, num_encoded))
     return out
 
@@ -138,27 +157,34 @@ def encode_videos(model, videos: torch.Tensor | list[torch.Tensor], pruning=None
     """Pixels of each clip ([3, T, H, W], or a batch [N, 3, T, H, W]) -> per clip, its projected visual block:
     the frames one after another, each frame's [CLS] then its patches (Video-LLaVA's 8 x 257 tokens,
     `frames_layout`). A pre-LLM method picks per frame, as on the views of an image (`select_tokens`)."""
-    tower, projector = model.model.video_tower, model.model.mm_projector
+    tower = model.model.video_tower
     clips = torch.stack(list(videos)) if not isinstance(videos, torch.Tensor) else videos
     if clips.dim() == 4:
         clips = clips[None]
     if clips.dim() != 5:
         raise ValueError(f"videos must be [3, T, H, W] clips or a batch [N, 3, T, H, W], got {tuple(clips.shape)}")
-    if pruning is not None and pruning.needs_cls_attention:
-        features, cls_attention = tower.forward_with_cls_attention(clips)  # [N, T, 1 + P, C], [N, T, P]
+    if pruning is None:
+        features, signals = tower(clips), None  # [N, T, 1 + P, C]
     else:
-        features, cls_attention = tower(clips), [None] * len(clips)
-    weight = next(projector.parameters(), None)
+        features, signals = pruning.tower_outputs(tower, clips)  # signals per clip (e.g. [N, T, P])
     blocks, layouts = [], []
-    for feats, cls_rows in zip(features, cls_attention, strict=True):
+    for feats, clip_signals in zip(features, split_signals(signals, [1] * len(clips)), strict=True):
+        clip_signals = _unbatch(clip_signals)
         full = frames_layout(feats.shape[0], tower.num_patches_per_side, cls=True)
-        keep = None if pruning is None else pruning.select_tokens(full, feats, cls_rows)
-        tokens = full if keep is None else full.select(keep)
-        rows = feats.reshape(-1, feats.shape[-1])[tokens.source().to(feats.device)]
-        blocks.append(rows if weight is None else rows.to(weight.dtype))
-        layouts.append((tokens, len(full)))
-    projected = projector(torch.cat(blocks)).split([len(b) for b in blocks])
-    return [EncodedImage(block, tokens, n) for block, (tokens, n) in zip(projected, layouts, strict=True)]
+        chosen = None if pruning is None else pruning.select_tokens(full, feats, clip_signals)
+        tokens, rows = _selected_rows(full, feats, chosen)
+        blocks.append(rows)
+        layouts.append((tokens, len(full), clip_signals))
+    return _project(model, layouts, blocks, pruning)
+
+
+def _unbatch(signals):
+    """One clip's signals without the leading clip dimension of 1."""
+    if signals is None:
+        return None
+    if isinstance(signals, dict):
+        return {key: value[0] for key, value in signals.items()}
+    return signals[0]
 
 
 def _size(image_sizes, i: int):

@@ -265,11 +265,46 @@ class PrefillPlan:
         return SequenceState(new_hidden, new_positions, token_mask, has_padding)
 
 
+@dataclasses.dataclass
+class Selection:
+    """What a pre-LLM method lets into the LLM from one image or clip when it does more than keep a subset: the
+    layout of the tokens (kept ones with their provenance, merged ones as `MERGED`, in the order they enter the
+    LLM) and their features (VisionZip's contextual tokens, PruMerge's weighted sums; in the space the hook ran in:
+    the tower's for `select_tokens`, the LLM's for `select_projected`)."""
+
+    tokens: MergeLayout
+    features: torch.Tensor  # [len(tokens), C]
+
+
+def apply_selection(tokens: MergeLayout, features: torch.Tensor, chosen) -> tuple[MergeLayout, torch.Tensor]:
+    """(layout, features [n, C]) after a hook's answer: None keeps all, indices select, a `Selection` replaces.
+    `features` are the block's rows in `tokens` order."""
+    if chosen is None:
+        return tokens, features
+    if isinstance(chosen, Selection):
+        if len(chosen.tokens) != len(chosen.features):
+            raise ValueError(f"A Selection of {len(chosen.tokens)} tokens came with {len(chosen.features)} features")
+        return chosen.tokens, chosen.features
+    return tokens.select(chosen), features[chosen.to(features.device)]
+
+
+def split_signals(signals, sizes: list[int]) -> list:
+    """A tower's per-view signals (a tensor [views, ...], a dict of such, or None) cut into per-image pieces."""
+    if signals is None:
+        return [None] * len(sizes)
+    if isinstance(signals, dict):
+        parts = {key: value.split(sizes) for key, value in signals.items()}
+        return [{key: parts[key][i] for key in signals} for i in range(len(sizes))]
+    return list(signals.split(sizes))
+
+
 class PruningMethod:
     """A configured method. The base method is `none`: no pruning.
 
-    Pre-LLM methods override `select_before_llm` (which patches each image keeps, before the projector);
-    in-LLM methods override `plan` (the per-prefill object that scores and prunes between decoder layers)."""
+    Pre-LLM methods override `select_before_llm` (which patches each view keeps, before the projector), or the
+    hooks around it: `tower_outputs` (what the vision tower gives them), `select_tokens` (the merged block before the
+    projector) and `select_projected` (after it: the LLM's input embeddings); `prepare` sees the batch's prompt ids
+    first. In-LLM methods override `plan` (the per-prefill object that scores and prunes between decoder layers)."""
 
     name = "none"
     needs_cls_attention = False  # whether select_before_llm wants the tower's [CLS] attention row
@@ -283,6 +318,24 @@ class PruningMethod:
         """Told by the model which nominal visual count budgets are stated against."""
         self.nominal = nominal
 
+    def prepare(self, model, input_ids) -> None:
+        """Called with a batch's prompt ids (a [B, T] tensor or a list of 1-D tensors, placeholders included)
+        before its images are encoded (text-conditioned pre-LLM methods such as CDPruner read the question here)."""
+
+    def tower_outputs(self, tower, pixels: torch.Tensor):
+        """(features [views, tokens, C], per-view signals or None) of the vision tower for every view or frame of
+        the batch: by default the features, with the [CLS] attention row when `needs_cls_attention`. Signals may be
+        a tensor [views, ...] or a dict of such; each image's `select_tokens` receives its own views' part."""
+        if self.needs_cls_attention:
+            return tower.forward_with_cls_attention(pixels)
+        return tower(pixels), None
+
+    def select_projected(self, tokens: MergeLayout, embeddings: torch.Tensor, signals):
+        """After the projector (Qwen-VL: after the merger), one image's block as it would enter the LLM
+        (`embeddings` [len(tokens), D], newline tokens included): None to keep all, indices into the block, or a
+        `Selection`. DivPrune, CDPruner and pooling act here."""
+        return None
+
     def select_before_llm(self, features: torch.Tensor, cls_attention: torch.Tensor | None) -> torch.Tensor | None:
         """Indices [views, k] (sorted, raster order) of the patches to keep per view, or None to keep all.
         `features` [views, P, C] are the tower's selected-layer patch features."""
@@ -290,8 +343,10 @@ class PruningMethod:
 
     def select_tokens(
         self, tokens: MergeLayout, features: torch.Tensor, cls_attention: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """Indices of the merged block's tokens (`tokens`, one image) that enter the LLM, or None for all.
+    ) -> torch.Tensor | Selection | None:
+        """Indices of the merged block's tokens (`tokens`, one image) that enter the LLM, None for all, or a
+        `Selection`. `features` are the image's views [views, leading + patches, C]; `cls_attention` is its part of
+        `tower_outputs`' signals.
         The default keeps, per view (a video: per frame), the patches `select_before_llm` picks, in merge order,
         and every newline token; a [CLS] token leading each view's features (`cls_patch`, Video-LLaVA's frames) is
         dropped, as FasterVLM's video branch does, so k counts patches. Methods that rank the whole block override

@@ -21,18 +21,28 @@ import argparse
 import os
 from collections.abc import Mapping
 
+import llava.sparse.zoo  # noqa: F401  (registers the method zoo)
 from llava.sparse.engine import PruningMethod
 from llava.sparse.fastv import SCORES, FastV
 from llava.sparse.pre_llm import FasterVLM, FasterVLMGlobal, RandomPruning, UniformPruning
+from llava.sparse.registry import ZOO, BudgetArgs
 from llava.sparse.sparsevlm import PRIORITY_HEADS, SparseVLM
 
-METHODS = ("none", "sparsevlm", "fastv", "fastervlm", "random", "uniform")
+BUILTIN_METHODS = ("none", "sparsevlm", "fastv", "fastervlm", "random", "uniform")
 DEFAULT_BUDGET = 192
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method `--method` accepts: the built-in ones, then the registered zoo."""
+    return BUILTIN_METHODS + tuple(name for name in ZOO if name not in BUILTIN_METHODS)
+
+
+METHODS = method_names()
 
 
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("visual token pruning")
-    group.add_argument("--method", type=str, default=None, help=f"one of {', '.join(METHODS)} (env: METHOD)")
+    group.add_argument("--method", type=str, default=None, help=f"one of {', '.join(method_names())} (env: METHOD)")
     group.add_argument(
         "--retained-tokens",
         "--retained_tokens",
@@ -98,6 +108,9 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="LLaVA-NeXT: let in-LLM methods rank and drop the newline tokens (kept by default)",
     )
+    for spec in ZOO.values():
+        if spec.add_args is not None:
+            spec.add_args(group)
     group.add_argument(
         "--pruning-seed",
         type=int,
@@ -155,7 +168,15 @@ def _method_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Pruni
         return RandomPruning(budget, seed, ratio=ratio)
     if method == "uniform":
         return UniformPruning(budget, ratio=ratio)
-    raise ValueError(f"Unknown pruning method {method!r} (--method / METHOD); choose one of: {', '.join(METHODS)}")
+    if method in ZOO:  # the method decides what an absent budget means (its own knob's default, or 192)
+        given = args.retained_tokens if args.retained_tokens is not None else _env_int(env, "RETAIN_TOKN")
+        resolved = BudgetArgs(
+            tokens=None if ratio is not None else given, ratio=ratio, default=DEFAULT_BUDGET, seed=seed
+        )
+        return ZOO[method].build(args, resolved)
+    raise ValueError(
+        f"Unknown pruning method {method!r} (--method / METHOD); choose one of: {', '.join(method_names())}"
+    )
 
 
 def pruning_from_env(env: Mapping[str, str] | None = None) -> PruningMethod:

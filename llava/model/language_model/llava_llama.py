@@ -115,6 +115,7 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
     ) -> MultimodalInputs:
         encoded, encoded_videos = None, None
         device = self.input_device
+        self.pruning.prepare(self, input_ids)
         if videos is not None:
             if self.model.video_tower is None:
                 raise ValueError("This checkpoint has no video tower; videos need a Video-LLaVA checkpoint")

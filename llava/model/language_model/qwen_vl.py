@@ -27,6 +27,7 @@ from torch import nn
 from llava.model.anyres import MergeLayout, grid_layout
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, splice_image_features
 from llava.model.vlm import VisionLanguageModel
+from llava.sparse.engine import apply_selection
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 MERGE = 2  # spatial merge: 2 x 2 patches of 14 px per LLM token
@@ -342,11 +343,15 @@ class QwenVLForCausalLM(VisionLanguageModel):
         encoded = []
         for feats, (rows, cols) in zip(merged.split([r * c for r, c in grids]), grids, strict=True):
             full = grid_layout(rows, cols)
-            keep = self.pruning.select_tokens(full, feats[None], None)
-            tokens = full if keep is None else full.select(keep)
-            source = tokens.source()
-            encoded.append(EncodedImage(feats[source.to(feats.device)], tokens, len(full)))
+            tokens, block = self._select(full, feats, feats[None])
+            encoded.append(EncodedImage(block, tokens, len(full)))
         return encoded
+
+    def _select(self, full, feats: torch.Tensor, views: torch.Tensor):
+        """The pruning method's pre-LLM choice on one block of merged tokens (`feats` [n, D], already in the LLM's
+        space; `views` the same per view): `select_tokens`, then `select_projected`."""
+        tokens, block = apply_selection(full, feats, self.pruning.select_tokens(full, views, None))
+        return apply_selection(tokens, block, self.pruning.select_projected(tokens, block, None))
 
     def encode_videos(self, videos: Sequence[QwenVideo]) -> list[EncodedVideo]:
         """Per clip, its merged tokens in (frame pair, row, column) order (the tower runs once over all clips; its
@@ -382,13 +387,12 @@ class QwenVLForCausalLM(VisionLanguageModel):
         sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in grids]
         for feats, (t, h, w), video in zip(merged.split(sizes), grids, videos, strict=True):
             full = video_layout(t, h // MERGE, w // MERGE)
-            keep = self.pruning.select_tokens(full, feats.view(t, -1, feats.shape[-1]), None)
-            tokens = full if keep is None else full.select(keep)
+            tokens, block = self._select(full, feats, feats.view(t, -1, feats.shape[-1]))
             if self.config.model_type == "qwen2_5_vl":  # float32, as transformers multiplies the processor's tensor
                 interval = tokens_per_second * torch.tensor(video.second_per_grid_t, dtype=torch.float32)
             else:
                 interval = torch.tensor(1.0)
-            encoded.append(EncodedVideo(feats[tokens.source().to(feats.device)], tokens, len(full), interval))
+            encoded.append(EncodedVideo(block, tokens, len(full), interval))
         return encoded
 
     def load_video(
@@ -429,6 +433,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
         transformers does, but the engine's prefill (`llava.sparse.engine.layouts_from_spans`) takes one visual
         block per sample for now."""
         device = self.input_device
+        self.pruning.prepare(self, input_ids)
         encoded: list[EncodedImage] = []
         if images is not None:
             images = [images] if isinstance(images, torch.Tensor) and images.dim() == 2 else list(images)

@@ -1,0 +1,2 @@
+"""The methods beyond SparseVLM, FastV, FasterVLM, random and uniform, each in its own module; importing this module
+registers them with `llava.sparse.registry` (so `--method NAME` finds them)."""
