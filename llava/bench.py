@@ -9,6 +9,9 @@
     python -m llava.bench --shape cpu-next --smoke      # the same for the tiny NeXT shape
     python -m llava.bench --shape cpu-qwen              # Qwen2.5-VL widths at CPU size, 1,296 visual tokens
     python -m llava.bench --shape qwen2.5-vl-7b --dtype bfloat16 --attn sdpa   # Qwen2.5-VL-7B, on a GPU
+    python -m llava.bench --shape cpu-video             # Video-LLaVA widths at CPU size, an 8-frame clip, 2,056 tokens
+    python -m llava.bench --shape video-llava-7b --dtype float16 --attn sdpa   # Video-LLaVA-7B, on a GPU
+    python -m llava.bench --shape cpu-video --smoke     # the same for the tiny Video-LLaVA shape
 
 Random-weight models of the named shape are written in the real checkpoint format and loaded through
 `load_pretrained_model`; random weights give true timings because every budget here fixes the token counts. The
@@ -43,6 +46,18 @@ the checkpoint's pixel bounds, prompted with the model's chat template. Budgets 
 two ninths and a ninth of the image (the papers' 33.3 / 22.2 / 11.1 %, what 192 / 128 / 64 are of LLaVA's 576);
 FasterVLM has no [CLS] there and is left out. The `transformers` row is `Qwen2_5_VLForConditionalGeneration` on the
 same folder (both apply the checkpoint's repetition penalty).
+
+Video shapes (`video-llava-7b`, `cpu-video`, `tiny-video`) are original-format Video-LLaVA checkpoints (Vicuna
+decoder; LanguageBind image and video towers beside them, CLIP-L/14 widths at 224 px, temporal attention in every
+video-tower layer) given one synthetic 8-frame clip (320x240 frames: a coloured background and a moving square, through
+the model's video processor), prompted as `<video>\n` + question with llava_v1: 8 x 257 = 2,056 visual tokens, each
+frame's [CLS] and patches. Budgets are totals of the 2,056: 686 / 457 / 228, a third, two ninths and a ninth (the
+shares 192 / 128 / 64 are of 576; SparseVLM's schedules cannot reach less per 576-token share). FasterVLM and random
+share the budget equally over the frames (85 / 57 / 28 patches of each, [CLS] dropped); `sparsevlm-video` is
+SparseVLM's video branch as the reference runs it (rank-adaptive at layer 1, no budget). The `transformers` row is
+`VideoLlavaForConditionalGeneration` on the -hf conversion of the same checkpoint (`convert_video_llava_to_hf`), whose
+video tower has no temporal attention (the converter drops it): its tower work is smaller than ours, its decoder work
+the same.
 """
 
 from __future__ import annotations
@@ -60,6 +75,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SHAPES = {
@@ -76,9 +92,15 @@ SHAPES = {
     "qwen2.5-vl-7b": (3584, 28, 28, 4, 18944, 152064, 1280, 32, 16, 3420),
     "cpu-qwen": (1024, 28, 8, 2, 2752, 32000, 256, 8, 4, 512),
     "tiny-qwen": (64, 28, 4, 2, 172, 576, 32, 4, 4, 64),
+    # Video-LLaVA checkpoints: Vicuna-7B + LanguageBind towers (CLIP-L/14 at 224 px, temporal attention in the video
+    # tower), and the CPU / tiny sizes of the LLaVA shapes; the towers' MLPs are 4 x their width (LanguageBind's)
+    "video-llava-7b": (4096, 32, 32, 32, 11008, 32000, 1024, 24, 16, 4096),
+    "cpu-video": (1024, 32, 8, 8, 2752, 32000, 256, 24, 4, 1024),
+    "tiny-video": (64, 32, 4, 4, 172, 512, 32, 3, 4, 128),
 }
 NEXT_SHAPES = frozenset({"llava-v1.6-7b", "cpu-next", "tiny-next"})
 QWEN_SHAPES = frozenset({"qwen2.5-vl-7b", "cpu-qwen", "tiny-qwen"})
+VIDEO_SHAPES = frozenset({"video-llava-7b", "cpu-video", "tiny-video"})
 BUDGETS = (192, 128, 64)  # LLaVA-1.5: of 576 visual tokens
 # LLaVA-NeXT: totals against the nominal 2,880 (five views of 576), scaled to the image's own count: the papers'
 # 640 / 320, and 240 (48 per view) for their 160, which SparseVLM cannot reach (see the module docstring).
@@ -87,7 +109,12 @@ IMAGE_SIZE = (320, 240)  # LLaVA-1.5 pads it to a square: 576 tokens whatever it
 NEXT_IMAGE_SIZE = (672, 672)  # LLaVA-1.6's largest 2x2 grid: 576 + 48 x (48 + 1 newline) = 2,928 tokens
 QWEN_BUDGETS = (432, 288, 144)  # Qwen2.5-VL: of 1,296 visual tokens, the shares 192 / 128 / 64 are of 576
 QWEN_IMAGE_SIZE = (1008, 1008)  # a multiple of 28 on both sides: 36 x 36 merged tokens, no resizing
+# Video-LLaVA: totals of the clip's 2,056 tokens (8 frames x 257), the shares 192 / 128 / 64 are of 576
+VIDEO_BUDGETS = (686, 457, 228)
+VIDEO_FRAMES = 8  # Video-LLaVA's clip: 8 frames, each scaled and centre-cropped to 224 px by its video processor
+VIDEO_FRAME_SIZE = (320, 240)
 QUESTION = "What is the color of the bus in the image?\nAnswer the question using a single word or phrase."
+VIDEO_QUESTION = "What is the color of the square in the video?\nAnswer the question using a single word or phrase."
 
 
 def is_next(shape: str) -> bool:
@@ -98,17 +125,40 @@ def is_qwen(shape: str) -> bool:
     return shape in QWEN_SHAPES
 
 
+def is_video(shape: str) -> bool:
+    return shape in VIDEO_SHAPES
+
+
+def tiny_shape(shape: str) -> str:
+    """The tiny shape of `shape`'s kind (`--smoke`)."""
+    if is_next(shape):
+        return "tiny-next"
+    if is_qwen(shape):
+        return "tiny-qwen"
+    return "tiny-video" if is_video(shape) else "tiny"
+
+
 def budgets_for(shape: str) -> tuple[int, ...]:
+    if is_video(shape):
+        return VIDEO_BUDGETS
     return NEXT_BUDGETS if is_next(shape) else QWEN_BUDGETS if is_qwen(shape) else BUDGETS
 
 
 def image_size_for(shape: str) -> tuple[int, int]:
+    """The image's size, or for video shapes each frame's (before the video processor's resize and crop)."""
+    if is_video(shape):
+        return VIDEO_FRAME_SIZE
     return NEXT_IMAGE_SIZE if is_next(shape) else QWEN_IMAGE_SIZE if is_qwen(shape) else IMAGE_SIZE
 
 
 def methods_for(shape: str) -> list[tuple[str, object]]:
-    """The rows of a shape: Qwen-VL has no [CLS], so no FasterVLM."""
+    """The rows of a shape: Qwen-VL has no [CLS], so no FasterVLM; video shapes add SparseVLM's video branch (the
+    reference's: rank-adaptive at layer 1, no budget)."""
+    from llava.sparse.sparsevlm import SparseVLM
+
     rows = methods(budgets_for(shape))
+    if is_video(shape):
+        rows.append(("sparsevlm-video", SparseVLM("video")))
     return [(name, m) for name, m in rows if not (is_qwen(shape) and m.needs_cls_attention)]
 
 
@@ -130,10 +180,36 @@ def methods(budgets: tuple[int, ...] = BUDGETS) -> list[tuple[str, object]]:
     return rows
 
 
+def checkpoint_folder(shape: str, workdir: Path) -> Path:
+    """Where `write_checkpoint(shape, workdir, ...)` puts the checkpoint (reused when present)."""
+    folder = workdir / f"bench-{shape}"
+    return folder / "Video-LLaVA-tiny" if is_video(shape) else folder
+
+
 def write_checkpoint(shape: str, folder: Path, dtype: torch.dtype) -> Path:
     from llava.testing.checkpoints import write_tiny_clip, write_tiny_llava
 
     hidden, layers, heads, kv, mlp, vocab, v_hidden, v_layers, v_heads, v_mlp = SHAPES[shape]
+    if is_video(shape):
+        from llava.testing.video_llava import write_tiny_video_llava
+
+        if v_mlp != 4 * v_hidden:
+            raise ValueError(f"{shape}: LanguageBind towers have MLPs 4 x their width, not {v_mlp} for {v_hidden}")
+        return write_tiny_video_llava(
+            folder / f"bench-{shape}",
+            image_size=224,
+            num_frames=VIDEO_FRAMES,
+            tower_hidden=v_hidden,
+            tower_layers=v_layers,
+            tower_heads=v_heads,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv,
+            intermediate_size=mlp,
+            vocab_size=vocab,
+            dtype=dtype,
+        )
     if is_qwen(shape):
         from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
 
@@ -250,58 +326,71 @@ class TokenClock:
         return (self.times[-1] - self.times[1]) * 1e3 / max(steps, 1)
 
 
-def measure(model, ids, pixels, image_size, new_tokens: int) -> tuple[Sample, object]:
+def visual_input(media, model, processor, dtype: torch.dtype) -> dict:
+    """`generate`'s keyword arguments for the benchmark's visual input, processed as the model's config asks for it
+    now (outside the timed region): an image's `images` and `image_sizes`, or a clip's frames (uint8 [T, H, W, 3])
+    through the model's video processor as `videos`."""
+    from llava.mm_utils import process_images, to_device
+
+    if isinstance(media, np.ndarray):
+        return {"videos": [model.video_processor.preprocess(media).to(model.device, dtype)]}
+    pixels = to_device(process_images([media], processor, model.config), model.device, dtype)
+    return {"images": pixels, "image_sizes": [media.size]}
+
+
+def batched(visual: dict, batch: int) -> dict:
+    """`batch` identical requests: every list (Qwen-VL's [patches, 1176] tensor per image, image sizes, clips)
+    repeated, every tensor ([B, 3, H, W], NeXT's [B, views, 3, H, W]) expanded along its first dimension."""
+    return {k: v * batch if isinstance(v, list) else v.expand(batch, *v.shape[1:]) for k, v in visual.items()}
+
+
+def measure(model, ids, visual: dict, new_tokens: int) -> tuple[Sample, object]:
     """One `generate` of exactly `new_tokens` tokens: decoder-prefill time, time to first token (vision tower
     included), decode time per token, peak memory."""
     clock = TokenClock(model.device)
     with PeakMemory(model.device) as memory:
-        model.generate(
-            ids, images=pixels, image_sizes=[image_size], max_new_tokens=new_tokens, eos_token_id=-1, streamer=clock
-        )
+        model.generate(ids, **visual, max_new_tokens=new_tokens, eos_token_id=-1, streamer=clock)
     account = model.last_accounts[0]
     return Sample(account.prefill_ms, clock.ttft_ms, clock.decode_ms_per_token, memory.mb), account
 
 
-def throughput(model, ids, pixels, image_size, batch: int, new_tokens: int) -> float:
+def throughput(model, ids, visual: dict, batch: int, new_tokens: int) -> float:
     """Answers per second generating `new_tokens` tokens for a batch of identical requests."""
     from llava.sparse.accounting import Timer
 
-    if isinstance(pixels, list):  # Qwen-VL: a [patches, 1176] tensor per image
-        images = pixels * batch
-    else:  # [B, 3, H, W], or NeXT's [B, views, 3, H, W]
-        images = pixels.expand(batch, *pixels.shape[1:])
     with Timer(model.device) as t:
-        model.generate(
-            [ids[0]] * batch,
-            images=images,
-            image_sizes=[image_size] * batch,
-            max_new_tokens=new_tokens,
-            eos_token_id=-1,
-        )
+        model.generate([ids[0]] * batch, **batched(visual, batch), max_new_tokens=new_tokens, eos_token_id=-1)
     return batch / (t.ms / 1e3)
 
 
 class TransformersReference:
     """transformers' own `LlavaForConditionalGeneration` (`LlavaNext...` for NeXT shapes) on the llava-hf copy of
-    the same random weights (`Qwen2_5_VL...` on the same folder for Qwen shapes), unpruned: the `transformers` row,
-    timed like ours (`TokenClock`; decoder prefill by hooks around its language model's first call)."""
+    the same random weights (`Qwen2_5_VL...` on the same folder for Qwen shapes, `VideoLlava...` on the -hf
+    conversion for video shapes), unpruned: the `transformers` row, timed like ours (`TokenClock`; decoder prefill
+    by hooks around its language model's first call)."""
 
     def __init__(self, original: Path, dtype: torch.dtype, attn: str, device: torch.device) -> None:
         import transformers
 
         from llava.testing import convert_to_llava_hf
+        from llava.testing.checkpoints import _default_dtype
+        from llava.testing.video_llava import convert_video_llava_to_hf
 
         folder = original
-        if json.loads((original / "config.json").read_text())["model_type"] == "llava":
+        config = json.loads((original / "config.json").read_text())
+        if config["model_type"] == "llava":
             folder = original.parent / f"{original.name}-hf"
+            convert = convert_video_llava_to_hf if config.get("mm_video_tower") else convert_to_llava_hf
             if not (folder / "config.json").is_file():
-                convert_to_llava_hf(original, folder)
+                with _default_dtype(dtype):  # the Video-LLaVA converter builds its model in the default dtype
+                    convert(original, folder)
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         model_class = getattr(transformers, architecture)
         self.model = model_class.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn).to(device).eval()
         self.device = device
         self.next = architecture.startswith("LlavaNext")
         self.qwen = architecture.startswith("Qwen")
+        self.video = architecture.startswith("VideoLlava")
         self._prefill_ms: float | None = None
         language_model = self.model.model.language_model
         language_model.register_forward_pre_hook(self._start)
@@ -318,27 +407,37 @@ class TransformersReference:
             self._timer.__exit__(None, None, None)
             self._prefill_ms = self._timer.ms
 
-    def inputs(self, ids: torch.Tensor, pixels, image_size, visual_tokens: int, batch: int, grid=None) -> dict:
-        """transformers' input layout for our prompt: the image placeholder expanded to its visual tokens (Qwen:
-        the patches of every image concatenated, their `image_grid_thw` and token types)."""
-        from llava.constants import IMAGE_TOKEN_INDEX
+    def inputs(self, ids: torch.Tensor, visual: dict, visual_tokens: int, batch: int, grid=None) -> dict:
+        """transformers' input layout for our prompt and `generate` arguments (`visual_input`): the image or video
+        placeholder expanded to its visual tokens, the pixels of `batch` identical requests (a clip as
+        `pixel_values_videos` [B, T, 3, H, W]; Qwen: the patches of every image concatenated, their
+        `image_grid_thw` and token types)."""
+        from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 
         config = self.model.config
-        image_token = config.image_token_id if self.qwen else config.image_token_index
+        if self.video:
+            placeholder, token = VIDEO_TOKEN_INDEX, config.video_token_index
+        else:
+            placeholder, token = IMAGE_TOKEN_INDEX, config.image_token_id if self.qwen else config.image_token_index
         ids = ids[0]
-        at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-        image = torch.full((visual_tokens,), image_token, device=ids.device)
-        hf_ids = torch.cat([ids[:at], image, ids[at + 1 :]])[None].expand(batch, -1).to(self.device)
+        at = int((ids == placeholder).nonzero()[0, 0])
+        block = torch.full((visual_tokens,), token, device=ids.device)
+        hf_ids = torch.cat([ids[:at], block, ids[at + 1 :]])[None].expand(batch, -1).to(self.device)
         if self.qwen:
             return {
                 "input_ids": hf_ids,
-                "pixel_values": pixels[0].repeat(batch, 1),
+                "pixel_values": visual["images"][0].repeat(batch, 1),
                 "image_grid_thw": grid.repeat(batch, 1).to(self.device),
-                "mm_token_type_ids": (hf_ids == image_token).long(),
+                "mm_token_type_ids": (hf_ids == token).long(),
             }
-        out = {"input_ids": hf_ids, "pixel_values": pixels.expand(batch, *pixels.shape[1:])}
+        if self.video:  # our clip is [3, T, H, W]
+            pixels = {"pixel_values_videos": visual["videos"][0].permute(1, 0, 2, 3)[None]}
+        else:
+            pixels = {"pixel_values": visual["images"]}
+        out = {"input_ids": hf_ids, **batched(pixels, batch)}
         if self.next:
-            out["image_sizes"] = torch.tensor([[image_size[1], image_size[0]]] * batch, device=self.device)
+            width, height = visual["image_sizes"][0]
+            out["image_sizes"] = torch.tensor([[height, width]] * batch, device=self.device)
         return out
 
     @torch.inference_mode()
@@ -365,23 +464,29 @@ class TransformersReference:
 
 def run(args, save=lambda results: None) -> dict:
     from llava.conversation import get_conv_template
-    from llava.mm_utils import process_images, to_device, tokenizer_image_token
+    from llava.mm_utils import tokenizer_image_token
     from llava.model.builder import load_pretrained_model
     from llava.testing.images import random_image
+    from llava.testing.videos import synthetic_frames
 
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llava-bench-"))
-    model_dir = workdir / f"bench-{args.shape}"
+    model_dir = checkpoint_folder(args.shape, workdir)
     if not (model_dir / "config.json").is_file():
         model_dir = write_checkpoint(args.shape, workdir, dtype)
-    image = random_image(0, image_size_for(args.shape))
+    video = is_video(args.shape)
+    size = image_size_for(args.shape)
+    # the visual input: a random image, or a synthetic clip's frames (a coloured background and a moving square)
+    media = synthetic_frames(VIDEO_FRAMES, *size) if video else random_image(0, size)
     results = {
         "shape": args.shape,
         "dims": SHAPES[args.shape],
         "next": is_next(args.shape),
         "qwen": is_qwen(args.shape),
-        "image_size": list(image.size),
+        "video": video,
+        "frames": VIDEO_FRAMES if video else None,
+        "image_size": list(size),
         "budgets": list(budgets_for(args.shape)),
         "batches": list(args.batches),
         "dtype": args.dtype,
@@ -402,27 +507,28 @@ def run(args, save=lambda results: None) -> dict:
             attn_implementation=attn,
             pruning=None,
         )
-        conv = get_conv_template(model.config.conv_mode if is_qwen(args.shape) else "vicuna_v1")
-        conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
+        template = "llava_v1" if video else model.config.conv_mode if is_qwen(args.shape) else "vicuna_v1"
+        placeholder, question = ("<video>", VIDEO_QUESTION) if video else ("<image>", QUESTION)
+        conv = get_conv_template(template)
+        conv.append_message(conv.roles[0], f"{placeholder}\n{question}")
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None].to(model.device)
         rows = [(name, m) for name, m in methods_for(args.shape) if name in args.methods or name == "none"]
-        # The pixels as the model's config asks for them once the method is set (on NeXT, FasterVLM's reference
-        # mode brings its own grid rule); processed outside the timed region.
-        pixels = {}
+        # The visual input as the model's config asks for it once the method is set (on NeXT, FasterVLM's
+        # reference mode brings its own grid rule); processed outside the timed region.
+        visual = {}
         for name, method in rows:
             model.set_pruning(method)
-            pixels[name] = to_device(process_images([image], processor, model.config), model.device, dtype)
+            visual[name] = visual_input(media, model, processor, dtype)
         first = attn == args.attn[0]  # the transformers row and compiled decoding: the first --attn's table only
         reference = None
         if args.transformers and first:
             model.set_pruning(None)
-            visual = model.prefill(ids, pixels["none"], use_cache=False, image_sizes=[image.size]).accounts[0]
+            unpruned = model.prefill(ids, use_cache=False, **visual["none"]).accounts[0]
             reference = TransformersReference(model_dir, dtype, attn, model.device)
-            grid = processor(images=[image], return_tensors="pt")["image_grid_thw"] if reference.qwen else None
+            grid = processor(images=[media], return_tensors="pt")["image_grid_thw"] if reference.qwen else None
             ref_inputs = {
-                b: reference.inputs(ids, pixels["none"], image.size, visual.num_visual, b, grid)
-                for b in {1, *args.batches}
+                b: reference.inputs(ids, visual["none"], unpruned.num_visual, b, grid) for b in {1, *args.batches}
             }
         samples: dict[str, list[Sample]] = {name: [] for name, _ in rows}
         samples["transformers"] = []
@@ -430,7 +536,7 @@ def run(args, save=lambda results: None) -> dict:
         for round_ in range(args.warmup + args.repeats):
             for name, method in rows:
                 model.set_pruning(method)
-                sample, account = measure(model, ids, pixels[name], image.size, args.new_tokens)
+                sample, account = measure(model, ids, visual[name], args.new_tokens)
                 if round_ >= args.warmup:
                     samples[name].append(sample)
                     accounts[name] = account
@@ -443,9 +549,7 @@ def run(args, save=lambda results: None) -> dict:
             model.compile_decode()
             for name, method in rows:
                 model.set_pruning(method)
-                runs = [
-                    measure(model, ids, pixels[name], image.size, args.new_tokens)[0] for _ in range(1 + args.repeats)
-                ]
+                runs = [measure(model, ids, visual[name], args.new_tokens)[0] for _ in range(1 + args.repeats)]
                 compiled[name] = statistics.median(s.decode_ms_per_token for s in runs[1:])
             model.compile_decode(None)
         tput = {}
@@ -453,8 +557,7 @@ def run(args, save=lambda results: None) -> dict:
             model.set_pruning(method)
             tput[name] = {
                 b: statistics.median(
-                    throughput(model, ids, pixels[name], image.size, b, args.new_tokens)
-                    for _ in range(max(1, args.repeats // 5))
+                    throughput(model, ids, visual[name], b, args.new_tokens) for _ in range(max(1, args.repeats // 5))
                 )
                 for b in args.batches
             }
@@ -547,18 +650,30 @@ def _device_name(args) -> str:
 
 def markdown(results: dict) -> str:
     w, h = results.get("image_size", IMAGE_SIZE)
-    family = "LLaVA-1.5 checkpoint"
+    family, media = "LLaVA-1.5 checkpoint", f"{w}x{h} image"
+    budgets = ", ".join(map(str, results.get("budgets", BUDGETS)))
     if results.get("next"):
         family = "LLaVA-NeXT checkpoint (anyres, spatial_unpad)"
     elif results.get("qwen"):
         family = "Qwen2.5-VL checkpoint (Hub format, GQA, M-RoPE)"
-    budgets = ", ".join(map(str, results.get("budgets", BUDGETS)))
+    elif results.get("video"):
+        family = "Video-LLaVA checkpoint (LanguageBind towers, temporal attention)"
+        frames, tokens = results["frames"], next(iter(results["tables"].values()))[0]["visual_tokens"][0]
+        media = f"one {frames}-frame clip of {w}x{h} frames ({frames} x {tokens // frames} = {tokens:,} visual tokens)"
+        budgets += f" (totals of the clip's {tokens:,})"
     out = [
-        f"Shape `{results['shape']}` {tuple(results['dims'])}, {family}, {w}x{h} image, budgets {budgets}, "
+        f"Shape `{results['shape']}` {tuple(results['dims'])}, {family}, {media}, budgets {budgets}, "
         f"{results['dtype']}, {results['device']}, torch {results['torch']}, {results['threads']} threads, "
         f"median of {results['repeats']} interleaved runs.",
         "",
     ]
+    if results.get("video") and any(r["method"] == "transformers" for t in results["tables"].values() for r in t):
+        out += [
+            "The `transformers` row is `VideoLlavaForConditionalGeneration` on the -hf conversion, whose video tower "
+            "has no temporal attention (the converter drops it): its tower work, in TTFT, is smaller than ours; the "
+            "decoder work is the same.",
+            "",
+        ]
     if "command" in results:
         out += [f"`{results['command']}`", ""]
     batches = results.get("batches", [1, 8])
@@ -654,7 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.shape = "tiny-next" if is_next(args.shape) else "tiny-qwen" if is_qwen(args.shape) else "tiny"
+        args.shape = tiny_shape(args.shape)
         args.repeats, args.warmup, args.new_tokens = 1, 0, 2
     names = [name for name, _ in methods_for(args.shape)]
     unknown = sorted(set(args.methods or ()) - set(names))

@@ -100,6 +100,45 @@ def test_qwen_smoke_prunes_the_merged_grid(tmp_path):
     assert (tmp_path / "tiny-qwen-float32.md").read_text().count("\n| ") == len(table) + 1
 
 
+def test_video_smoke_prunes_the_clip(tmp_path):
+    """The Video-LLaVA path at toy size: an original-format Video-LLaVA checkpoint (LanguageBind towers, temporal
+    attention), one 8-frame clip of 224-px crops (8 x 257 tokens), budgets as totals of the clip, SparseVLM's video
+    branch, and transformers' own generate on the -hf conversion."""
+    argv = ["--shape", "cpu-video", "--smoke", "--batches", "1", "--out", str(tmp_path), "--workdir", str(tmp_path)]
+    results = bench.main(argv)
+    assert results["shape"] == "tiny-video" and results["video"] and results["frames"] == 8
+    table = results["tables"]["sdpa"]
+    names = [name for name, _ in bench.methods(bench.VIDEO_BUDGETS)] + ["sparsevlm-video"]
+    assert [r["method"] for r in table] == names + ["transformers"]
+    by_name = {r["method"]: r for r in table}
+    patches = (224 // 14) ** 2
+    unpruned = 8 * (1 + patches)  # each frame's [CLS] and patches
+    assert unpruned == 2056
+    none = by_name["none"]
+    assert none["visual_tokens"] == [unpruned] and none["equal_tokens"] == unpruned and none["flops_ratio"] == 1
+    reference = by_name["transformers"]  # unpruned on the -hf port: the same decoder work
+    assert reference["equal_tokens"] == unpruned and reference["prefill_ms"] > 0 and reference["ttft_ms"] > 0
+    layers = results["dims"][1]
+    for budget in bench.VIDEO_BUDGETS:
+        per_frame = round(budget / unpruned * patches)  # the budget shared equally, [CLS] dropped
+        assert by_name[f"fastervlm-{budget}"]["visual_tokens"] == [unpruned, 8 * per_frame]
+        assert by_name[f"random-{budget}"]["visual_tokens"] == [unpruned, 8 * per_frame]
+        fastv = by_name[f"fastv-{budget}"]
+        assert fastv["visual_tokens"] == [unpruned, budget]
+        assert fastv["equal_tokens"] == pytest.approx((2 * unpruned + (layers - 2) * budget) / layers, abs=0.005)
+        for version in ("1_0", "2_0"):
+            sparse = by_name[f"sparsevlm-{version}-{budget}"]
+            assert sparse["visual_tokens"][0] == unpruned and len(sparse["visual_tokens"]) == 4
+            assert abs(sparse["equal_tokens"] - budget) <= 0.04 * budget
+    video = by_name["sparsevlm-video"]["visual_tokens"]  # one pruning step to rank(P): fewer tokens than a frame has
+    assert len(video) == 2 and video[0] == unpruned and 0 < video[1] < patches
+    for r in table[1:-1]:
+        assert 0 < r["flops_ratio"] < 1 and r["kv_cache_mb"] < none["kv_cache_mb"] and r["answers_per_s_b1"] > 0
+    markdown = (tmp_path / "tiny-video-float32.md").read_text()
+    assert markdown.count("\n| ") == len(table) + 1 and "8 x 257 = 2,056 visual tokens" in markdown
+    assert "no temporal attention" in markdown
+
+
 def _filtered(tmp_path, *flags):
     argv = ["--smoke", "--attn", "sdpa", "eager", "--methods", "fastv-64", "--no-transformers", "--batches", "1"]
     return bench.main([*argv, *flags, "--out", str(tmp_path), "--workdir", str(tmp_path / "ckpt")])

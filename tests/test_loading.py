@@ -158,3 +158,16 @@ def test_full_feature_strategy_keeps_the_cls_token_like_transformers(tiny_llava_
     rows = model.config.num_text_tokens
     assert ours.shape[1] == expected.logits.shape[1]
     torch.testing.assert_close(ours[..., :rows], expected.logits[..., :rows], atol=1e-4, rtol=0)
+
+
+def test_vocabulary_padding_of_half_precision_weights_matches_float32():
+    """The llava-hf converters' padding rows for a float16 checkpoint (the GPU benchmark's transformers row): the
+    float32 draw cast to float16, the original rows untouched."""
+    from llava.testing.checkpoints import _pad_rows
+
+    weight = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    padded32 = _pad_rows(weight, 64, torch.Generator().manual_seed(1))
+    padded16 = _pad_rows(weight.half(), 64, torch.Generator().manual_seed(1))
+    assert padded16.dtype == torch.float16 and padded16.shape == (64, 8)
+    assert torch.equal(padded16[:40], weight.half())
+    assert torch.allclose(padded16[40:].float(), padded32[40:], atol=1e-2)

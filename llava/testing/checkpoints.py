@@ -308,13 +308,16 @@ def convert_to_llava_hf(original: str | Path, folder: str | Path, seed: int = 0)
 
 
 def _pad_rows(weight: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """`weight` with rows appended up to `rows`, drawn as transformers' converters do; computed in float32 (the CPU
+    has no half-precision Cholesky), returned in the weight's dtype."""
     extra = rows - weight.shape[0]
-    mean = weight.mean(0)
-    centred = weight - mean
-    cov = centred.T @ centred / weight.shape[0]
+    full = weight.float()
+    mean = full.mean(0)
+    centred = full - mean
+    cov = centred.T @ centred / full.shape[0]
     dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=1e-5 * cov + 1e-9 * torch.eye(len(mean)))
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    return torch.cat([weight, dist.sample((extra,))])
+    return torch.cat([weight, dist.sample((extra,)).to(weight.dtype)])
 
 
 def write_tiny_pair(folder: str | Path, **llava_kwargs) -> tuple[Path, Path]:

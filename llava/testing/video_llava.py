@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-from llava.testing.checkpoints import _pad_rows, _save_shards, tiny_llava_config
+from llava.testing.checkpoints import _default_dtype, _pad_rows, _save_shards, tiny_llava_config
 from llava.testing.languagebind import video_llava_tower_state, write_tiny_languagebind
 from llava.testing.tokenizer import save_tokenizer
 
@@ -32,12 +32,22 @@ def write_tiny_video_llava(
     num_layers: int = 4,
     seed: int = 0,
     zero_temporal: bool = False,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int = 128,
+    vocab_size: int | None = None,
+    tower_heads: int = 2,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """`folder/Video-LLaVA-tiny` with `folder/LanguageBind_Image` and `folder/LanguageBind_Video_merge` beside
     it (absolute paths in its config); returns the checkpoint folder. `zero_temporal` zeroes the video tower's
-    temporal embeddings and temporal attention outputs, so that it computes what a per-frame CLIP does."""
+    temporal embeddings and temporal attention outputs, so that it computes what a per-frame CLIP does.
+
+    The size parameters give real-size models (benchmarks): `vocab_size` larger than the tiny tokenizer's gives
+    real-size embedding and lm_head matrices, `dtype` is that of the checkpoint's shards (the LanguageBind folders
+    stay float32; the towers' MLPs are 4 x `tower_hidden` wide, as LanguageBind's)."""
     folder = Path(folder)
-    sizes = dict(hidden_size=tower_hidden, num_layers=tower_layers, image_size=image_size)
+    sizes = dict(hidden_size=tower_hidden, num_layers=tower_layers, num_heads=tower_heads, image_size=image_size)
     image = write_tiny_languagebind(folder / "LanguageBind_Image", "image", seed=seed + 1, **sizes)
     video = write_tiny_languagebind(
         folder / "LanguageBind_Video_merge", "video", seed=seed + 2, num_frames=num_frames, **sizes
@@ -50,19 +60,22 @@ def write_tiny_video_llava(
 
     out = folder / "Video-LLaVA-tiny"
     out.mkdir(parents=True, exist_ok=True)
-    vocab = save_tokenizer(out)
-    config = tiny_llava_config(None, vocab, tower_hidden, hidden_size, num_layers)
+    vocab = max(save_tokenizer(out), vocab_size or 0)
+    config = tiny_llava_config(None, vocab, tower_hidden, hidden_size, num_layers, num_heads, intermediate_size)
+    if num_kv_heads:
+        config.text_config.num_key_value_heads = num_kv_heads
     config.mm_image_tower = str(image.path.resolve())
     config.mm_video_tower = str(video.path.resolve())
     torch.manual_seed(seed)
-    model = LlavaLlamaForCausalLM(config)
+    with _default_dtype(dtype):
+        model = LlavaLlamaForCausalLM(config)
     with torch.no_grad():  # sharper attention, so that answers depend on the prompt and the frames
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(4.0)
             layer.self_attn.k_proj.weight.mul_(4.0)
     state = dict(model.state_dict())
-    state.update(video_llava_tower_state(image.state, "image"))
-    state.update(video_llava_tower_state(video.state, "video"))
+    for tower, kind in ((image, "image"), (video, "video")):
+        state.update({k: v.to(dtype) for k, v in video_llava_tower_state(tower.state, kind).items()})
     _save_shards(state, out, num_shards=2, safetensors=False)
     raw = config.to_original_dict()
     raw.pop("mm_vision_tower")  # Video-LLaVA's config names only its image and video towers
