@@ -1,4 +1,8 @@
 """The methods beyond SparseVLM, FastV, FasterVLM, random and uniform, each in its own module; importing this module
-registers them with `llava.sparse.registry` (so `--method NAME` finds them)."""
+registers them with `llava.sparse.registry` (so `--method NAME` finds them):
 
-from llava.sparse import dycoke, holitom  # noqa: F401  (video: temporal merging, holistic token merging)
+- in the LLM: `dart` (DART, once before layer 2), `pdrop` (PyramidDrop's stages);
+- video: `dycoke` (DyCoke's token temporal merging), `holitom` (HoliTom's temporal windows and merges).
+"""
+
+from llava.sparse import dart, dycoke, holitom, pyramiddrop  # noqa: F401
