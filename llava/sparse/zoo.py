@@ -1,8 +1,9 @@
 """The methods beyond SparseVLM, FastV, FasterVLM, random and uniform, each in its own module; importing this module
 registers them with `llava.sparse.registry` (so `--method NAME` finds them):
 
+- before the LLM: `cdpruner` (CDPruner's conditional DPP), `divprune` (DivPrune's max-min diversity);
 - in the LLM: `dart` (DART, once before layer 2), `pdrop` (PyramidDrop's stages);
 - video: `dycoke` (DyCoke's token temporal merging), `holitom` (HoliTom's temporal windows and merges).
 """
 
-from llava.sparse import dart, dycoke, holitom, pyramiddrop  # noqa: F401
+from llava.sparse import cdpruner, dart, divprune, dycoke, holitom, pyramiddrop  # noqa: F401
