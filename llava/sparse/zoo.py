@@ -1,9 +1,10 @@
 """The methods beyond SparseVLM, FastV, FasterVLM, random and uniform, each in its own module; importing this module
 registers them with `llava.sparse.registry` (so `--method NAME` finds them):
 
-- before the LLM: `cdpruner` (CDPruner's conditional DPP), `divprune` (DivPrune's max-min diversity);
+- before the LLM: `visionzip` (VisionZip's dominant + contextual tokens), `vispruner` (VisPruner's important +
+  diverse tokens), `cdpruner` (CDPruner's conditional DPP), `divprune` (DivPrune's max-min diversity);
 - in the LLM: `dart` (DART, once before layer 2), `pdrop` (PyramidDrop's stages);
 - video: `dycoke` (DyCoke's token temporal merging), `holitom` (HoliTom's temporal windows and merges).
 """
 
-from llava.sparse import cdpruner, dart, divprune, dycoke, holitom, pyramiddrop  # noqa: F401
+from llava.sparse import cdpruner, dart, divprune, dycoke, holitom, pyramiddrop, visionzip, vispruner  # noqa: F401
