@@ -189,8 +189,9 @@ def test_one_switch_builds_every_method():
     assert pruning_from_args(_args(), {"METHOD": "fastervlm", "RETAIN_TOKN": "64"}).describe() == "fastervlm k=64"
     assert pruning_from_args(_args("--method", "random"), {}).retained_tokens == 192
     assert pruning_from_args(_args("--method", "uniform", "--retained-tokens", "128"), {}).name == "uniform"
-    with pytest.raises(ValueError, match="none, sparsevlm, fastv, fastervlm, random, uniform"):
-        pruning_from_args(_args("--method", "pdrop"), {})
+    with pytest.raises(ValueError, match="none, sparsevlm, fastv, fastervlm, random, uniform, .*visionzip"):
+        pruning_from_args(_args("--method", "tome"), {})
+    assert pruning_from_args(_args("--method", "pdrop"), {}).name == "pdrop"  # the zoo's, registered
     with pytest.raises(ValueError, match="K must be >= 1"):
         pruning_from_args(_args("--method", "fastv", "--fastv-k", "0"), {})
     with pytest.raises(SystemExit):

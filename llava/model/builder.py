@@ -231,6 +231,9 @@ def load_pretrained_model(
     target = resolve_device(device)
     if is_qwen_vl(checkpoint_model_type(model_dir)):
         return _load_qwen(model_dir, target, dtype, attn_implementation, use_flash_attn, pruning, device_map, kwargs)
+    pruning = _resolve_pruning(pruning)
+    # the tower's layers after the selected one are dropped unless the method reads them (PruMerge: the next layer)
+    truncate = not getattr(pruning, "needs_full_tower", False)
     explicit_map = isinstance(device_map, dict) or (isinstance(device_map, str) and device_map.lstrip().startswith("{"))
     impl = resolve_attn_implementation(attn_implementation, use_flash_attn, None if explicit_map else target)
 
@@ -260,7 +263,7 @@ def load_pretrained_model(
 
     if config.is_video_llava:
         tower, video_tower, image_processor, model.video_processor = _video_llava_towers(
-            config, model_dir, towers, vision_tower, kwargs.get("video_tower"), tower_dtype, placement.first
+            config, model_dir, towers, vision_tower, kwargs.get("video_tower"), tower_dtype, placement.first, truncate
         )
         model.model.vision_tower, model.model.video_tower = tower, video_tower
     elif config.checkpoint_format == HF_FORMAT:
@@ -271,7 +274,8 @@ def load_pretrained_model(
     if not config.is_video_llava:
         clip = clip.to(device=placement.first, dtype=tower_dtype).eval()
         tower = CLIPVisionTower(clip, config.mm_vision_select_layer, config.mm_vision_select_feature)
-        tower.truncate_unused_layers()
+        if truncate:
+            tower.truncate_unused_layers()
         tower.requires_grad_(False)
         model.model.vision_tower = tower
     model.eval().requires_grad_(False)
@@ -310,14 +314,19 @@ def _load_qwen(model_dir: Path, target, dtype, attn_implementation, use_flash_at
     return tokenizer, model, image_processor, model.config.text_config.max_position_embeddings
 
 
-def _apply_pruning(model, pruning) -> None:
+def _resolve_pruning(pruning):
+    """The method asked for: a PruningMethod, None, or "env" (read now)."""
     if isinstance(pruning, str):
         if pruning != "env":
             raise ValueError(f"pruning must be a PruningMethod, None or 'env', got {pruning!r}")
         from llava.sparse.methods import pruning_from_env
 
-        pruning = pruning_from_env()
-    model.set_pruning(pruning)
+        return pruning_from_env()
+    return pruning
+
+
+def _apply_pruning(model, pruning) -> None:
+    model.set_pruning(_resolve_pruning(pruning))
 
 
 def _original_tower(config: LlavaConfig, model_dir: Path, override: str | None, tower_state: dict, dtype):
@@ -346,7 +355,7 @@ def _original_tower(config: LlavaConfig, model_dir: Path, override: str | None, 
 
 
 def _video_llava_towers(
-    config: LlavaConfig, model_dir: Path, towers: dict, image_override, video_override, dtype, device
+    config: LlavaConfig, model_dir: Path, towers: dict, image_override, video_override, dtype, device, truncate=True
 ):
     """(image tower, video tower, image processor, video processor) of a Video-LLaVA checkpoint.
 
@@ -365,10 +374,11 @@ def _video_llava_towers(
     if config.checkpoint_format == HF_FORMAT:
         image_clip = _clip_from_state(config.vision_config, towers.get("tower", {}), model_dir)
         image = CLIPVisionTower(image_clip, layer, "patch")
-        image.truncate_unused_layers()
         video_clip = _clip_from_state(config.vision_config, towers.get("video_tower", {}), model_dir)
         video = LanguageBindVideoTower(video_clip, layer, num_frames=config.num_frames)
-        video.truncate_unused_layers()
+        if truncate:
+            image.truncate_unused_layers()
+            video.truncate_unused_layers()
     else:
         folders = {}
         for kind, name, override in (
@@ -379,8 +389,8 @@ def _video_llava_towers(
             if not (override or name):
                 raise VisionTowerNotFoundError(f"No {kind} tower: config.json has no mm_{kind}_tower ({model_dir})")
             folders[kind] = locate_vision_tower(override or name, source, model_dir)
-        image = load_languagebind_image_tower(folders["image"], select_layer=layer)
-        video = load_languagebind_video_tower(folders["video"], select_layer=layer)
+        image = load_languagebind_image_tower(folders["image"], select_layer=layer, truncate=truncate)
+        video = load_languagebind_video_tower(folders["video"], select_layer=layer, truncate=truncate)
     image = image.to(device=device, dtype=dtype).eval().requires_grad_(False)
     video = video.to(device=device, dtype=dtype).eval().requires_grad_(False)
     size = image.config.image_size

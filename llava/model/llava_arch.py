@@ -46,6 +46,7 @@ class EncodedImage:
     features: torch.Tensor  # [T, D]
     tokens: MergeLayout
     num_encoded: int
+    method_flops: float = 0.0  # the pre-LLM method's own work on this block (`PruningMethod.record_flops`)
 
 
 def as_views(images: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -116,7 +117,7 @@ def encode_images(model, images, image_sizes=None, pruning=None) -> list[Encoded
             full = image_layout(model.config, len(feats), side, tower.config.image_size, size, with_cls)
         chosen = None if pruning is None else pruning.select_tokens(full, feats, image_signals)
         tokens, rows = _selected_rows(full, feats, chosen)
-        layouts.append((tokens, len(full), image_signals))
+        layouts.append((tokens, len(full), image_signals, 0.0 if pruning is None else pruning.take_flops()))
         selected.append(rows)
     return _project(model, layouts, selected, pruning)
 
@@ -140,7 +141,7 @@ def _project(model, layouts, selected, pruning) -> list[EncodedImage]:
         rows = rows.to(weight.dtype)
     projected = model.model.mm_projector(rows).split([len(s) for s in selected])
     out = []
-    for (tokens, num_encoded, signals), block in zip(layouts, projected, strict=True):
+    for (tokens, num_encoded, signals, flops), block in zip(layouts, projected, strict=True):
         newline = tokens.is_newline
         if bool(newline.any()):
             merged = block.new_empty((len(tokens), block.shape[-1]))
@@ -149,7 +150,8 @@ def _project(model, layouts, selected, pruning) -> list[EncodedImage]:
             block = merged
         if pruning is not None:
             tokens, block = apply_selection(tokens, block, pruning.select_projected(tokens, block, signals))
-        out.append(EncodedImage(block, tokens, num_encoded))
+            flops += pruning.take_flops()
+        out.append(EncodedImage(block, tokens, num_encoded, flops))
     return out
 
 
@@ -174,7 +176,7 @@ def encode_videos(model, videos: torch.Tensor | list[torch.Tensor], pruning=None
         chosen = None if pruning is None else pruning.select_tokens(full, feats, clip_signals)
         tokens, rows = _selected_rows(full, feats, chosen)
         blocks.append(rows)
-        layouts.append((tokens, len(full), clip_signals))
+        layouts.append((tokens, len(full), clip_signals, 0.0 if pruning is None else pruning.take_flops()))
     return _project(model, layouts, blocks, pruning)
 
 

@@ -121,6 +121,8 @@ class VisionLanguageModel(nn.Module):
             plan = self.pruning.plan(layouts, self, inputs)
             plan_ms = (time.perf_counter() - plan_start) * 1e3
             hidden = DecoderLoop(self.model, self.attn_implementation).run(state, cache, plan)
+        for account, indices in zip(plan.accounts, inputs.image_indices or [[]] * len(plan.accounts), strict=True):
+            account.method_flops += sum(inputs.images[i].method_flops for i in indices)  # the pre-LLM method's work
         plan.finish()
         for account in plan.accounts:
             account.prefill_ms = timer.ms

@@ -47,7 +47,7 @@ from torch import nn
 
 from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout, patches_per_view
+from llava.sparse.engine import PruningMethod, patches_per_view
 from llava.sparse.registry import register
 
 # What the reference's eval scripts strip from a question before CLIP reads it (model_vqa_loader, model_vqa_science;
@@ -242,9 +242,7 @@ class CDPruner(PruningMethod):
         self._image_sample: list[int] = []
         self.questions: dict[int, str] = {}  # sample -> the question CLIP read (last batch)
         self._texts: dict[int, torch.Tensor] = {}
-        self._text_flops: dict[int, float] = {}
         self._relevance: list[torch.Tensor] = []
-        self._image_flops: list[float] = []
         self._cursor = 0
 
     def describe(self) -> str:
@@ -287,7 +285,7 @@ class CDPruner(PruningMethod):
         self._image_sample = []
         for b, ids in enumerate(self._samples):
             self._image_sample += [b] * max(1, int((ids == IMAGE_TOKEN_INDEX).sum()))
-        self.questions, self._texts, self._text_flops = {}, {}, {}
+        self.questions, self._texts = {}, {}
         self._clip_source = self.clip_path or model.config.mm_vision_tower
 
     @torch.no_grad()
@@ -300,7 +298,7 @@ class CDPruner(PruningMethod):
         clip_model = tower.vision_tower  # transformers' CLIPVisionModel (5.x: no `vision_model` level)
         post_layernorm = getattr(clip_model, "vision_model", clip_model).post_layernorm
         joint = clip.visual_projection(post_layernorm(selected).float())
-        self._relevance, self._image_flops, self._cursor = [], [], 0
+        self._relevance, self._cursor = [], 0
         return selected.to(pixels.dtype), joint
 
     @torch.no_grad()
@@ -316,7 +314,6 @@ class CDPruner(PruningMethod):
     def select_projected(self, tokens, embeddings, signals):
         raw = self._relevance[self._cursor]
         self._cursor += 1
-        self._image_flops.append(0.0)
         if bool((tokens.view < 0).any()):
             raise ValueError("cdpruner selects per view and takes no newline or merged tokens (use merge 'spatial')")
         order = torch.argsort(tokens.view, stable=True).view(tokens.num_views, -1)  # each view's tokens in raster
@@ -337,24 +334,18 @@ class CDPruner(PruningMethod):
         kernel = r[:, :, None] * (x @ x.transpose(1, 2)) * r[:, None, :]
         picks = dpp_map(kernel, count).cpu()
         clip = self.clip
-        self._image_flops[-1] = cdpruner_flops(
-            views,
-            per_view,
-            count,
-            embeddings.shape[-1],
-            clip.visual_projection.in_features,
-            clip.visual_projection.out_features,
-            len(self._texts[self._image_sample[self._cursor - 1]]),
+        self.record_flops(
+            cdpruner_flops(
+                views,
+                per_view,
+                count,
+                embeddings.shape[-1],
+                clip.visual_projection.in_features,
+                clip.visual_projection.out_features,
+                len(self._texts[self._image_sample[self._cursor - 1]]),
+            )
         )
         return order.gather(1, picks).flatten().sort().values
-
-    def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
-        plan = super().plan(layouts, model, inputs)
-        if inputs.images is not None:
-            for b, (account, indices) in enumerate(zip(plan.accounts, inputs.image_indices, strict=True)):
-                account.method_flops += sum(self._image_flops[i] for i in indices if i < len(self._image_flops))
-                account.method_flops += self._text_flops.get(b, 0.0)
-        return plan
 
     # -- text --------------------------------------------------------------------------------------------------------
     def _text(self, sample: int) -> torch.Tensor:
@@ -363,7 +354,7 @@ class CDPruner(PruningMethod):
             question = question_text(self._llm_tokenizer(), self._samples[sample])
             self.questions[sample] = question
             self._texts[sample] = self.clip.embed(question)
-            self._text_flops[sample] = self.clip.text_flops(len(self._texts[sample]))
+            self.record_flops(self.clip.text_flops(len(self._texts[sample])))  # counted with the sample's image
         return self._texts[sample]
 
     def _llm_tokenizer(self):

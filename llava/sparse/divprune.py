@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PrefillPlan, PruningMethod, VisualLayout
+from llava.sparse.engine import PruningMethod
 from llava.sparse.registry import register
 
 DEFAULT_RATIO = 0.098  # run_Divprune.sh's SUBSET_RATIO: 56 of 576 tokens
@@ -102,19 +102,8 @@ class DivPrune(PruningMethod):
         if count >= len(tokens):
             return None
         x = embeddings.float() if self.fp32 else embeddings
+        self.record_flops(divprune_flops(len(tokens), count, embeddings.shape[-1]))
         return divprune_order(x, count).sort().values.cpu()
-
-    def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
-        plan = super().plan(layouts, model, inputs)
-        if inputs.images is not None:
-            for account, indices in zip(plan.accounts, inputs.image_indices, strict=True):
-                for i in indices:
-                    image = inputs.images[i]
-                    if len(image.tokens) < image.num_encoded:
-                        account.method_flops += divprune_flops(
-                            image.num_encoded, len(image.tokens), image.features.shape[-1]
-                        )
-        return plan
 
 
 def _add_args(group) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.anyres import MergeLayout
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PrefillPlan, PruningMethod
+from llava.sparse.engine import PruningMethod
 from llava.sparse.registry import register
 
 DEFAULT_K = 0.7  # the lmms-eval wrapper's default and the paper's headline row (K = 0.7)
@@ -62,11 +62,7 @@ def frame_features(patches: list[torch.Tensor], embeddings: torch.Tensor) -> tor
 
 
 class VideoPruning(PruningMethod):
-    """A video-only pre-LLM method: refuses images, reads frames from the clip's layout, and adds the FLOPs of its
-    own work on each clip (`self.clip_flops`, one entry per clip in encoding order) to that sample's account."""
-
-    def __init__(self) -> None:
-        self.clip_flops: list[float] = []
+    """A video-only pre-LLM method: refuses images and reads frames from the clip's layout."""
 
     def prepare(self, model, input_ids) -> None:
         rows = input_ids if not isinstance(input_ids, torch.Tensor) or input_ids.dim() > 1 else [input_ids]
@@ -75,7 +71,6 @@ class VideoPruning(PruningMethod):
                 f"{self.name} prunes video clips only (it merges tokens across frames); this batch holds an "
                 "<image>. Ask about a <video>, or use an image method (e.g. fastervlm, sparsevlm, fastv)."
             )
-        self.clip_flops = []
 
     def validate(self, model) -> None:
         if not supports_video(model):
@@ -83,15 +78,6 @@ class VideoPruning(PruningMethod):
                 f"{self.name} prunes video clips only; this checkpoint takes no videos. Load Video-LLaVA or "
                 "Qwen2(.5)-VL, or use an image method (e.g. fastervlm, sparsevlm, fastv)."
             )
-
-    def plan(self, layouts, model, inputs) -> PrefillPlan:
-        plan = super().plan(layouts, model, inputs)
-        self.add_clip_flops(plan, inputs)
-        return plan
-
-    def add_clip_flops(self, plan: PrefillPlan, inputs) -> None:
-        for account, indices in zip(plan.accounts, inputs.image_indices, strict=True):
-            account.method_flops += sum(self.clip_flops[i] for i in indices if i < len(self.clip_flops))
 
 
 def ttm_kept_positions(features: torch.Tensor, keep: int, order: str = "similarity") -> list[torch.Tensor]:
@@ -165,7 +151,7 @@ class DyCoke(VideoPruning):
     def select_projected(self, tokens, embeddings, signals):
         leading, patches = frame_tokens(tokens)
         frames, n = len(patches), len(patches[0])
-        self.clip_flops.append(3.0 * pruned_frame_count(frames) * n * embeddings.shape[-1])  # the cosines
+        self.record_flops(3.0 * pruned_frame_count(frames) * n * embeddings.shape[-1])  # the cosines
         if frames < 2:
             return None
         keep = self.keep_count(tokens, frames, n, sum(len(lead) for lead in leading))

@@ -308,6 +308,7 @@ class PruningMethod:
 
     name = "none"
     needs_cls_attention = False  # whether select_before_llm wants the tower's [CLS] attention row
+    needs_full_tower = False  # whether the method reads tower layers after the selected one (the loader keeps them)
     prune_newlines = False  # whether in-LLM ranking may drop LLaVA-NeXT's newline tokens
     # The anyres grid rule and merge this method's reference used (None: the checkpoint's; see llava.model.anyres)
     grid_rule: str | None = None
@@ -317,6 +318,16 @@ class PruningMethod:
     def bind(self, nominal: int) -> None:
         """Told by the model which nominal visual count budgets are stated against."""
         self.nominal = nominal
+
+    def record_flops(self, flops: float) -> None:
+        """Count `flops` of the method's own pre-LLM work on the image or clip being encoded (call it from the hooks
+        that see that block); the family adds them to that sample's account."""
+        self._pending_flops = getattr(self, "_pending_flops", 0.0) + flops
+
+    def take_flops(self) -> float:
+        """The FLOPs recorded since the last call; the families take them once per encoded block."""
+        flops, self._pending_flops = getattr(self, "_pending_flops", 0.0), 0.0
+        return flops
 
     def prepare(self, model, input_ids) -> None:
         """Called with a batch's prompt ids (a [B, T] tensor or a list of 1-D tensors, placeholders included)

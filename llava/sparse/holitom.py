@@ -279,15 +279,13 @@ class HoliTom(VideoPruning):
                 picked = torch.cat([leading[frame], patches[frame][dynamic_pos[chosen.cpu()]]])
                 index.append(picked)
                 rows.append(embeddings[picked.to(embeddings.device)])
-        self.clip_flops.append(flops)
+        self.record_flops(flops)
         return Selection(tokens.select(torch.cat(index)), torch.cat(rows))
 
     def plan(self, layouts, model, inputs) -> PrefillPlan:
         if not self.k:
             return super().plan(layouts, model, inputs)
-        plan = HoliTomPlan(self, layouts, model, inputs)
-        self.add_clip_flops(plan, inputs)
-        return plan
+        return HoliTomPlan(self, layouts, model, inputs)
 
 
 class HoliTomPlan(PrefillPlan):

@@ -30,7 +30,7 @@ import torch
 
 from llava.model.anyres import MERGED, MergeLayout
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PruningMethod, Selection, VisualLayout, patches_per_view
+from llava.sparse.engine import PruningMethod, Selection, patches_per_view
 from llava.sparse.registry import BudgetArgs, register
 
 CONTEXTUAL_SHARE = (5, 32)  # C of a view's budget: 10 of 64, 20 of 128, 30 of 192 (the paper's splits)
@@ -113,33 +113,7 @@ def visionzip_tokens(
     return dominant_rows, targets + sums / counts.clamp(min=1)[..., None]  # quirk: target + mean, not an average
 
 
-class PreLLMFlops:
-    """Mixin for pre-LLM methods: the FLOPs of the method's own work on each encoded block (recorded against the
-    block's layout object, which reaches `MultimodalInputs.images`) are added to its sample's account."""
-
-    def prepare(self, model, input_ids) -> None:
-        super().prepare(model, input_ids)
-        self._block_flops: dict[int, tuple[MergeLayout, float]] = {}
-
-    def record_flops(self, tokens: MergeLayout, flops: float) -> None:
-        pending = getattr(self, "_block_flops", None)
-        if pending is None:
-            pending = self._block_flops = {}
-        pending[id(tokens)] = (tokens, flops)  # the layout is held so that its id stays unique
-
-    def plan(self, layouts: list[VisualLayout], model, inputs):
-        plan = super().plan(layouts, model, inputs)
-        pending = getattr(self, "_block_flops", {})
-        if inputs.images is not None:
-            for account, indices in zip(plan.accounts, inputs.image_indices, strict=True):
-                for i in indices:
-                    entry = pending.pop(id(inputs.images[i].tokens), None)
-                    if entry is not None:
-                        account.method_flops += entry[1]
-        return plan
-
-
-class VisionZip(PreLLMFlops, PruningMethod):
+class VisionZip(PruningMethod):
     """VisionZip's dominant + contextual tokens per view, before the projector (module docstring)."""
 
     name = "visionzip"
@@ -230,7 +204,7 @@ class VisionZip(PreLLMFlops, PruningMethod):
             for v in range(1, views):
                 pieces.merged(v)
         selection = pieces.selection()
-        self.record_flops(selection.tokens, flops)
+        self.record_flops(flops)
         return selection
 
 

@@ -31,7 +31,7 @@ from llava.model.anyres import MergeLayout
 from llava.sparse.engine import Selection, patches_per_view
 from llava.sparse.pre_llm import PreLLMTopK
 from llava.sparse.registry import BudgetArgs, register
-from llava.sparse.visionzip import PreLLMFlops, refuse_without_cls
+from llava.sparse.visionzip import refuse_without_cls
 
 STEP = 8  # the most a-tokens one diverse step drops (the official code's constant)
 
@@ -75,7 +75,7 @@ def vispruner_indices(
     return torch.cat([order[:, :important], kept], dim=1), flops
 
 
-class VisPruner(PreLLMFlops, PreLLMTopK):
+class VisPruner(PreLLMTopK):
     """VisPruner's important + diverse patches per view, before the projector (module docstring)."""
 
     name = "vispruner"
@@ -120,7 +120,7 @@ class VisPruner(PreLLMFlops, PreLLMTopK):
         rows = features.reshape(-1, features.shape[-1])[kept.source().to(features.device)]
         # the [CLS] row over all keys, per view, then the diverse step
         views, width = features.shape[0], features.shape[-1]
-        self.record_flops(kept, self._flops + 2.0 * views * (features.shape[1] + 1) * width)
+        self.record_flops(self._flops + 2.0 * views * (features.shape[1] + 1) * width)
         return Selection(kept, rows)
 
 

@@ -2,9 +2,23 @@
 registers them with `llava.sparse.registry` (so `--method NAME` finds them):
 
 - before the LLM: `visionzip` (VisionZip's dominant + contextual tokens), `vispruner` (VisPruner's important +
-  diverse tokens), `cdpruner` (CDPruner's conditional DPP), `divprune` (DivPrune's max-min diversity);
+  diverse tokens), `cdpruner` (CDPruner's conditional DPP), `divprune` (DivPrune's max-min diversity),
+  `prumerge` / `prumerge+` (LLaVA-PruMerge's IQR outliers and merges), `hired` (HiRED's per-crop budgets,
+  LLaVA-NeXT), `pool` (grid pooling);
 - in the LLM: `dart` (DART, once before layer 2), `pdrop` (PyramidDrop's stages);
 - video: `dycoke` (DyCoke's token temporal merging), `holitom` (HoliTom's temporal windows and merges).
 """
 
-from llava.sparse import cdpruner, dart, divprune, dycoke, holitom, pyramiddrop, visionzip, vispruner  # noqa: F401
+from llava.sparse import (  # noqa: F401
+    cdpruner,
+    dart,
+    divprune,
+    dycoke,
+    hired,
+    holitom,
+    pooling,
+    prumerge,
+    pyramiddrop,
+    visionzip,
+    vispruner,
+)

@@ -344,7 +344,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
         for feats, (rows, cols) in zip(merged.split([r * c for r, c in grids]), grids, strict=True):
             full = grid_layout(rows, cols)
             tokens, block = self._select(full, feats, feats[None])
-            encoded.append(EncodedImage(block, tokens, len(full)))
+            encoded.append(EncodedImage(block, tokens, len(full), self.pruning.take_flops()))
         return encoded
 
     def _select(self, full, feats: torch.Tensor, views: torch.Tensor):
@@ -392,7 +392,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
                 interval = tokens_per_second * torch.tensor(video.second_per_grid_t, dtype=torch.float32)
             else:
                 interval = torch.tensor(1.0)
-            encoded.append(EncodedVideo(block, tokens, len(full), interval))
+            encoded.append(EncodedVideo(block, tokens, len(full), self.pruning.take_flops(), time_interval=interval))
         return encoded
 
     def load_video(
