@@ -30,6 +30,18 @@ class PrefillOutput:
     accounts: list[SampleAccount]
 
 
+def ids_on_device(input_ids, attention_mask, device):
+    """A family's prompt ids ([B, T] or [T] tensor, or a list of 1-D tensors) and optional mask on `device`, a
+    single prompt given as [T] made a batch of one."""
+    if isinstance(input_ids, torch.Tensor):
+        input_ids = input_ids.to(device)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+    else:
+        input_ids = [ids.to(device) for ids in input_ids]
+    return input_ids, None if attention_mask is None else attention_mask.to(device)
+
+
 class VisionLanguageModel(nn.Module):
     """The shared inference machinery of a model family (see the module docstring)."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.languagebind import CLIP_VISION_FIELDS
 from llava.testing.checkpoints import _default_dtype, _pad_rows, _save_shards, tiny_llava_config
 from llava.testing.languagebind import video_llava_tower_state, write_tiny_languagebind
 from llava.testing.tokenizer import save_tokenizer
@@ -97,7 +98,7 @@ def convert_video_llava_to_hf(original: str | Path, folder: str | Path, seed: in
     original, folder = Path(original), Path(folder)
     config = LlavaConfig.from_pretrained(original)
     vision = json.loads((Path(config.mm_video_tower) / "config.json").read_text())["vision_config"]
-    vision = {k: v for k, v in vision.items() if k in _CLIP_VISION_FIELDS}
+    vision = {k: v for k, v in vision.items() if k in CLIP_VISION_FIELDS}
     old_vocab = config.vocab_size
     image_token, video_token, pad_token = old_vocab, old_vocab + 1, old_vocab + 2
     new_vocab = -(-(old_vocab + 3) // 64) * 64
@@ -146,20 +147,3 @@ def convert_video_llava_to_hf(original: str | Path, folder: str | Path, seed: in
 
     CLIPImagePreprocessor(size=vision["image_size"], crop_size=vision["image_size"]).save_pretrained(folder)
     return folder
-
-
-_CLIP_VISION_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "projection_dim",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_channels",
-    "image_size",
-    "patch_size",
-    "hidden_act",
-    "layer_norm_eps",
-    "attention_dropout",
-    "initializer_range",
-    "initializer_factor",
-)

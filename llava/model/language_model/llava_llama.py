@@ -16,7 +16,7 @@ from llava.model.llava_arch import (
     splice_image_features,
 )
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.model.vlm import VisionLanguageModel
+from llava.model.vlm import VisionLanguageModel, ids_on_device
 from llava.sparse.budget import nominal_visual_tokens
 
 
@@ -127,14 +127,7 @@ class LlavaLlamaForCausalLM(VisionLanguageModel):
             else:
                 images = [image.to(device) for image in images]
             encoded = self.encode_images(images, image_sizes)
-        if isinstance(input_ids, torch.Tensor):
-            input_ids = input_ids.to(device)
-            if input_ids.dim() == 1:
-                input_ids = input_ids[None]
-        else:
-            input_ids = [ids.to(device) for ids in input_ids]
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
+        input_ids, attention_mask = ids_on_device(input_ids, attention_mask, device)
         features = None if encoded is None else [image.features for image in encoded]
         video_features = None if encoded_videos is None else [video.features for video in encoded_videos]
         inputs = splice_image_features(

@@ -26,7 +26,7 @@ from torch import nn
 
 from llava.model.anyres import MergeLayout, grid_layout
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, splice_image_features
-from llava.model.vlm import VisionLanguageModel
+from llava.model.vlm import VisionLanguageModel, ids_on_device
 from llava.sparse.engine import apply_selection
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -445,14 +445,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
             encoded_videos = self.encode_videos(videos) if videos else []
             video_features = [video.features for video in encoded_videos]
             encoded += encoded_videos
-        if isinstance(input_ids, torch.Tensor):
-            input_ids = input_ids.to(device)
-            if input_ids.dim() == 1:
-                input_ids = input_ids[None]
-        else:
-            input_ids = [ids.to(device) for ids in input_ids]
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
+        input_ids, attention_mask = ids_on_device(input_ids, attention_mask, device)
         inputs = splice_image_features(
             input_ids, attention_mask, features, self.model.embed_tokens, None, video_features=video_features
         )

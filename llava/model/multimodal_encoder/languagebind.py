@@ -30,7 +30,7 @@ from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
 # The vision_config fields transformers' CLIPVisionConfig understands; LanguageBind's config adds `add_time_attn`,
 # `num_frames`, `force_patch_dropout`, `lora_*`, `num_mel_bins`, `target_length` and `video_decode_backend`.
-_CLIP_FIELDS = (
+CLIP_VISION_FIELDS = (
     "hidden_size",
     "intermediate_size",
     "projection_dim",
@@ -95,9 +95,10 @@ def build_languagebind_vision_model(config: CLIPVisionConfig, num_frames: int) -
     return model
 
 
-class LanguageBindVideoTower(nn.Module):
+class LanguageBindVideoTower(CLIPVisionTower):
     """Videos [B, 3, T, H, W] -> features [B, T, 1 + num_patches, C] of layer `select_layer` (before
-    `post_layernorm`), [CLS] kept ("return all", as Video-LLaVA), frames in time order.
+    `post_layernorm`), [CLS] kept ("return all", as Video-LLaVA), frames in time order: the CLIP tower's machinery
+    run on the B * T frames, whose LanguageBind layers attend across frames.
 
     T must equal the tower's `num_frames` (8 for LanguageBind_Video_merge): the temporal embedding is sized for it.
     Encoder layers after the selected one never influence the output and are dropped by `truncate_unused_layers`.
@@ -106,7 +107,7 @@ class LanguageBindVideoTower(nn.Module):
     """
 
     def __init__(self, vision_model: CLIPVisionModel, select_layer: int = -2, num_frames: int | None = None) -> None:
-        super().__init__()
+        super().__init__(vision_model, select_layer, "cls_patch")
         temporal = [isinstance(layer, LanguageBindEncoderLayer) for layer in vision_model.encoder.layers]
         if any(temporal) and not all(temporal):
             raise ValueError("The video tower mixes LanguageBind and plain CLIP layers")
@@ -115,45 +116,14 @@ class LanguageBindVideoTower(nn.Module):
                 "A per-frame CLIP video tower (no temporal layers) needs num_frames; LanguageBind towers are built "
                 "with build_languagebind_vision_model"
             )
+        if self.num_layers_used < 1:
+            raise ValueError(f"mm_vision_select_layer {select_layer} selects the embeddings, not a video tower layer")
         self.temporal = all(temporal)
-        self.vision_tower = vision_model
-        self.select_layer = select_layer
-        n = vision_model.config.num_hidden_layers
-        self.num_layers_used = select_layer + n + 1 if select_layer < 0 else select_layer
-        if not 1 <= self.num_layers_used <= n:
-            raise ValueError(f"mm_vision_select_layer {select_layer} is out of range for a {n}-layer video tower")
         self._num_frames = vision_model.encoder.layers[0].num_frames if self.temporal else num_frames
-
-    def truncate_unused_layers(self) -> None:
-        self.vision_tower.encoder.layers = self.vision_tower.encoder.layers[: self.num_layers_used]
 
     @property
     def num_frames(self) -> int:
         return self._num_frames
-
-    @property
-    def config(self) -> CLIPVisionConfig:
-        return self.vision_tower.config
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def num_patches_per_side(self) -> int:
-        return self.config.image_size // self.config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.num_patches_per_side**2
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vision_tower.embeddings.patch_embedding.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.vision_tower.embeddings.patch_embedding.weight.device
 
     def frames(self, videos: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] -> [B*T, 3, H, W] in the tower's dtype and device, after checking T."""
@@ -170,12 +140,7 @@ class LanguageBindVideoTower(nn.Module):
 
     def encoder_hidden_states(self, videos: torch.Tensor) -> torch.Tensor:
         """Output of the selected encoder layer, [B, T, N, C] ([CLS] first in each frame), in the tower's dtype."""
-        model = self.vision_tower
-        frames = self.frames(videos)
-        if len(model.encoder.layers) == self.num_layers_used:
-            hidden = model(pixel_values=frames).last_hidden_state
-        else:
-            hidden = model(pixel_values=frames, output_hidden_states=True).hidden_states[self.num_layers_used]
+        hidden = super().encoder_hidden_states(self.frames(videos))
         return hidden.view(videos.shape[0], self.num_frames, *hidden.shape[1:])
 
     @torch.no_grad()
@@ -220,7 +185,7 @@ def _clip_config(vision_config: dict | CLIPVisionConfig, attn_implementation: st
     if isinstance(vision_config, CLIPVisionConfig):
         config = copy.deepcopy(vision_config)
     else:
-        fields = {k: vision_config[k] for k in _CLIP_FIELDS if k in vision_config}
+        fields = {k: vision_config[k] for k in CLIP_VISION_FIELDS if k in vision_config}
         extra = {k: vision_config[k] for k in ("add_time_attn", "num_frames") if k in vision_config}
         config = CLIPVisionConfig(**fields, **extra)
     if attn_implementation is not None:
