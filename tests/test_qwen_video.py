@@ -283,6 +283,11 @@ def test_load_video_from_a_file(qwen, tmp_path):
     four = model.load_video(str(path), processor, num_frames=5, **SMALL)
     assert four.grid_thw == (2, 4, 6) and four.fps == pytest.approx(4 / 37 * 10)
     assert torch.equal(four.pixels, preprocess_video(source[[0, 12, 24, 36]], processor, **SMALL).pixels)
+    short = write_video(tmp_path / "short.mp4", source[:3], fps=10)  # fewer frames than asked: an error, or repeats
+    with pytest.raises(ValueError, match="repeat_short"):
+        model.load_video(short, processor, num_frames=4, **SMALL)
+    repeated = model.load_video(short, processor, num_frames=4, repeat_short=True, **SMALL)
+    assert torch.equal(repeated.pixels, preprocess_video(source[[0, 1, 1, 2]], processor, **SMALL).pixels)
 
 
 @pytest.mark.parametrize("method", [RandomPruning(3), UniformPruning(3)], ids=["random", "uniform"])

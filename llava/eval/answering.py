@@ -191,7 +191,7 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
                         options[name] = getattr(args, flag)
                 videos.append(model.load_video(question.video, image_processor, **options))
             ready.append(i)
-        except Exception as err:  # unreadable, missing or corrupt image / video: record and go on
+        except (OSError, ValueError) as err:  # unreadable, missing or corrupt image / video: record and go on
             results[i] = ("", {}, f"{what} could not be read: {type(err).__name__}: {err}")
     penalty = args.repetition_penalty
     if penalty is None:

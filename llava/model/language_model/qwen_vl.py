@@ -404,6 +404,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
         min_pixels: int = VIDEO_MIN_PIXELS,
         max_pixels: int = VIDEO_MAX_PIXELS,
         max_frames: int = 768,
+        repeat_short: bool = False,
     ) -> QwenVideo:
         """A video file or decoded uint8 frames [T, H, W, 3] -> the clip `generate(videos=[...])` takes.
 
@@ -411,7 +412,8 @@ class QwenVLForCausalLM(VisionLanguageModel):
         fps rule (`qwen_num_frames`: `fps` frames a second, 4..`max_frames`, even) from the file's frame count and
         rate, picked at round(linspace(0, total - 1, n)) (`read_video_frames(..., rule="qwen")`); the sampled rate
         n / total x the file's rate sets the clip's time stamps. Frames given directly are taken as sampled at `fps`
-        (transformers' processor would assume 24 fps for frames without metadata). Preprocessing: `preprocess_video`."""
+        (transformers' processor would assume 24 fps for frames without metadata). `repeat_short`: a file with fewer
+        frames than asked repeats frames instead of failing. Preprocessing: `preprocess_video`."""
         if not isinstance(path_or_frames, (str, os.PathLike)):
             return preprocess_video(path_or_frames, processor, fps, min_pixels, max_pixels)
         from llava.model.multimodal_encoder.video_processor import read_video_frames
@@ -421,7 +423,7 @@ class QwenVLForCausalLM(VisionLanguageModel):
             num_frames = qwen_num_frames(total, video_fps, fps, max_frames=max_frames)
         else:
             num_frames = max(TEMPORAL_PATCH, round(num_frames / TEMPORAL_PATCH) * TEMPORAL_PATCH)
-        frames = read_video_frames(path_or_frames, num_frames, rule="qwen")
+        frames = read_video_frames(path_or_frames, num_frames, rule="qwen", repeat_short=repeat_short)
         sampled_fps = num_frames / total * video_fps
         return preprocess_video(frames, processor, sampled_fps, min_pixels, max_pixels)
 
