@@ -220,8 +220,8 @@ def test_sparsevlm_keeps_3d_positions_and_merged_tokens_take_their_centres(qwen1
             plan = super().plan(layouts, m, inputs)
             original = plan.rebuild
 
-            def rebuild(state, keep, merged=None, renumber=False, merged_positions=None):
-                new = original(state, keep, merged, renumber, merged_positions)
+            def rebuild(state, keep, merged=None, renumber=False, merged_positions=None, **kwargs):
+                new = original(state, keep, merged, renumber, merged_positions, **kwargs)
                 seen.append((state.position_ids.clone(), keep, merged_positions, new.position_ids.clone(), renumber))
                 return new
 

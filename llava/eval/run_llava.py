@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 
@@ -38,6 +39,7 @@ def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool, video: b
 
 
 def eval_model(args: argparse.Namespace, loaded=None) -> str:
+    """The answer; with `args.save_kept_map`, also the kept-token picture of the prefill written there."""
     tokenizer, model, image_processor, _ = loaded or load_from_args(args)
     conv_mode = resolve_conv_mode(args.conv_mode, get_model_name_from_path(args.model_path), model.config)
     video = args.video_file is not None
@@ -51,22 +53,45 @@ def eval_model(args: argparse.Namespace, loaded=None) -> str:
         pixels = to_device(process_images(images, image_processor, model.config), model.device, model.dtype)
     input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
-    output_ids = model.generate(
-        input_ids,
-        images=pixels,
-        image_sizes=[im.size for im in images] or None,
-        videos=videos,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        generator=generator,
-        eos_token_id=stop_token_ids(get_conv_template(conv_mode), tokenizer),
-    )
+    kept_map_path = getattr(args, "save_kept_map", None)
+    capture = contextlib.nullcontext([])
+    if kept_map_path:
+        from llava.analysis.kept_map import capture_plans
+
+        capture = capture_plans(model)
+    with capture as plans:
+        output_ids = model.generate(
+            input_ids,
+            images=pixels,
+            image_sizes=[im.size for im in images] or None,
+            videos=videos,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            generator=generator,
+            eos_token_id=stop_token_ids(get_conv_template(conv_mode), tokenizer),
+        )
     for account in model.last_accounts:
         print(account.line(color=sys.stderr.isatty()), file=sys.stderr)
-    return tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+    answer = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+    if kept_map_path:
+        from llava.analysis.kept_map import map_of_generation, save_kept_map
+
+        title = f"{model.pruning.describe()} | Q: {args.query}"
+        picture = map_of_generation(
+            model,
+            tokenizer,
+            plans,
+            input_ids,
+            images[0] if images else None,
+            videos[0] if video else None,
+            answer,
+            title,
+        )
+        save_kept_map(kept_map_path, picture)
+    return answer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
+    parser.add_argument(
+        "--save-kept-map",
+        type=str,
+        default=None,
+        help="write a PNG of the visual tokens each pruning stage kept (llava.analysis.kept_map) there",
+    )
     return parser
 
 

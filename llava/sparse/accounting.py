@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any, NamedTuple
 
 import torch
 
 GREEN, RESET = "\033[32m", "\033[0m"
+
+
+class Stage(NamedTuple):
+    """The visual block's provenance after one pruning stage: `layer` is "input" (the block entering the LLM, after
+    any pre-LLM method) or the decoder layer whose pruning produced it (the key of `SampleAccount.kept`); `tokens`
+    is its `llava.model.anyres.MergeLayout` (merged tokens appended as MERGED); `absorbed`, when the method said,
+    holds per merged token (in block order) the layout of the original tokens it absorbed, else None."""
+
+    layer: int | str
+    tokens: Any
+    absorbed: list | None = None
 
 
 @dataclasses.dataclass
@@ -40,6 +52,8 @@ class SampleAccount:
     method_ms: float | None = None  # the method's own steps inside the prefill (CPU host time; None on GPU)
     # indices (into the visual block entering that layer) of the visual tokens each pruning layer kept
     kept: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    # the block's provenance entering the LLM and after every rebuild (`Stage`); empty without provenance
+    stages: list[Stage] = dataclasses.field(default_factory=list, repr=False)
     # multi-view images (LLaVA-NeXT): tokens per view (0 = base) entering the LLM and reaching the last layer,
     # newline tokens among the visual tokens at both points
     views_into_llm: list[int] | None = None

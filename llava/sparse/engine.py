@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from llava.model.anyres import NEWLINE, MergeLayout
+from llava.model.anyres import MERGED, NEWLINE, MergeLayout
 from llava.model.language_model.decoder import SequenceState
-from llava.sparse.accounting import SampleAccount
+from llava.sparse.accounting import SampleAccount, Stage
 from llava.sparse.attention_rows import RowsRequest
 
 
@@ -40,6 +40,15 @@ class VisualLayout:
     def visual_start(self, padded_length: int) -> int:
         """Index of the first visual token in a left-padded row of `padded_length`."""
         return padded_length - self.length + self.prefix
+
+
+def _concat(parts: list[MergeLayout]) -> MergeLayout:
+    """One layout holding the tokens of `parts` (same image) in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return dataclasses.replace(
+        parts[0], **{f: torch.cat([getattr(p, f) for p in parts]) for f in ("view", "patch", "row", "col")}
+    )
 
 
 def layouts_from_spans(
@@ -116,9 +125,11 @@ class PrefillPlan:
             )
             for b, layout in enumerate(layouts)
         ]
+        self.current_layer: int | None = None  # the layer whose `leave_layer` is running (stages are keyed by it)
         for account, layout in zip(self.accounts, layouts, strict=True):
             if layout.tokens is not None:
                 account.record_views(layout.tokens, final=False)
+                account.stages.append(Stage("input", layout.tokens))
 
     # -- hooks the decoder loop calls ------------------------------------------------------------------------------
     def enter_layer(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
@@ -130,12 +141,32 @@ class PrefillPlan:
 
     def leave_layer(self, layer_idx: int, state: SequenceState, request: RowsRequest | None) -> SequenceState:
         before = [layout.visual for layout in self.layouts]
+        self.current_layer = layer_idx
         with self._method_time(state):
             state = self.prune(layer_idx, state, request)
         after = before if self.prunes_next_layer_input else [layout.visual for layout in self.layouts]
         for account, count in zip(self.accounts, after, strict=True):
             account.visual_after_layer.append(count)
         return state
+
+    def _absorbed(self, b: int, tokens: MergeLayout, kept: torch.Tensor, members, count: int) -> list | None:
+        """Per merged token after a rebuild (block order: the kept earlier ones, then the `count` new ones), the
+        original tokens it absorbed as a `MergeLayout` (a merged token it absorbed expanded through the previous
+        stage), None where unknown; None when nothing is known at all."""
+        stages = self.accounts[b].stages
+        previous = stages[-1].absorbed if stages else None
+        old = torch.nonzero(tokens.view == MERGED).flatten().tolist()
+        earlier = {i: None if previous is None else previous[k] for k, i in enumerate(old)}
+        out = [earlier[i] for i in kept.tolist() if i in earlier]
+        for k in range(count):
+            index = None if members is None else members[k]
+            if index is None:
+                out.append(None)
+                continue
+            index = index.cpu().flatten()
+            nested = [earlier[i] for i in index.tolist() if earlier.get(i) is not None]
+            out.append(_concat([tokens.select(index[tokens.view[index] != MERGED])] + nested))
+        return out if any(a is not None for a in out) else None
 
     @contextlib.contextmanager
     def _method_time(self, state: SequenceState):
@@ -212,11 +243,14 @@ class PrefillPlan:
         merged: list[torch.Tensor | None] | None = None,
         renumber_positions: bool = False,
         merged_positions: list[torch.Tensor | None] | None = None,
+        merged_members: list[list[torch.Tensor] | None] | None = None,
     ) -> SequenceState:
         """Drop visual tokens: per sample, keep the visual tokens at the (sorted) indices `keep[b]` (None = keep
         all), append `merged[b]` hidden states right after them, and left-pad the batch again. Positions are the
         kept tokens' original ids (merged tokens: `merged_positions[b]`), or renumbered 0..n-1 (SparseVLM v1.x on
-        1-D positions). Positions may be 1-D ids [B, L] or M-RoPE's [B, L, 3]."""
+        1-D positions). Positions may be 1-D ids [B, L] or M-RoPE's [B, L, 3]. `merged_members[b]` (optional, for
+        the pictures): per merged token, the indices of the visual tokens (of the block before this call) it
+        absorbed; each sample's `account.stages` gets the surviving block's provenance."""
         hidden, positions = state.hidden_states, state.position_ids
         padded, device = hidden.shape[1], hidden.device
         merged = merged or [None] * len(keep)
@@ -251,6 +285,10 @@ class PrefillPlan:
             tokens = None
             if layout.tokens is not None:
                 tokens = layout.tokens.select(kept.cpu()).with_merged(n_extra)
+            if tokens is not None and (keep[b] is not None or n_extra):
+                members = None if merged_members is None else merged_members[b]
+                absorbed = self._absorbed(b, layout.tokens, kept.cpu(), members, n_extra)
+                self.accounts[b].stages.append(Stage(self.current_layer, tokens, absorbed))
             new_layouts.append(VisualLayout(layout.prefix, len(kept) + n_extra, layout.suffix, tokens))
         self.layouts = new_layouts
         longest = max(len(h) for h in rows_h)

@@ -214,13 +214,14 @@ class SparseVLMPlan(PrefillPlan):
         if request is None:
             return state
         padded = state.hidden_states.shape[1]
-        keep, merged, merged_positions = [], [], []
+        keep, merged, merged_positions, members = [], [], [], []
         for b, layout in enumerate(self.layouts):
             n_raters = len(self.raters[b])
             if layout.visual == 0 or n_raters == 0:
                 keep.append(None)
                 merged.append(None)
                 merged_positions.append(None)
+                members.append(None)
                 continue
             start = layout.visual_start(padded)
             probs = request.probs[b, :, :n_raters, start : start + layout.visual]  # [H, raters, V]
@@ -232,19 +233,21 @@ class SparseVLMPlan(PrefillPlan):
                 keep.append(None)
                 merged.append(None)
                 merged_positions.append(None)
+                members.append(None)
                 continue
             kept = self.top_tokens(b, scores, count)
             self.accounts[b].kept[layer_idx] = kept
             keep.append(kept)
-            tokens, centres = (None, None)
+            tokens, centres, groups = (None, None, None)
             if self.method.recycling:
-                tokens, centres = self._recycle(b, state, scores, kept, start, layer_idx) or (None, None)
+                tokens, centres, groups = self._recycle(b, state, scores, kept, start, layer_idx) or (None,) * 3
             merged.append(tokens)
+            members.append(groups)
             merged_positions.append(None if centres is None else state.position_ids[b, start + centres])
         # quirk (v1.x): positions renumbered 0..n-1 after pruning. Under M-RoPE (Qwen-VL) ids are kept, as every
         # public port does, and a merged token takes its cluster centre's ids (specs/qwen2_5_vl.md 4.4).
         renumber = self.method.renumber_positions and state.position_ids.dim() == 2
-        return self.rebuild(state, keep, merged, renumber, merged_positions)
+        return self.rebuild(state, keep, merged, renumber, merged_positions, merged_members=members)
 
     def _relation(self, probs, positions, rows, start, num_visual) -> torch.Tensor:
         """Rater x visual attention [raters, V], averaged over heads (all heads; for 2_0 the priority heads of the
@@ -294,4 +297,6 @@ class SparseVLMPlan(PrefillPlan):
             generator = torch.Generator().manual_seed(self.method.seed * 1000 + layer_idx)
         self.accounts[b].method_flops += 2.0 * num_recycled * num_recycled * tokens.shape[-1]
         assignment, centres = dpc_knn_clusters(tokens, clusters, k=clusters, generator=generator)
-        return merge_clusters(tokens, assignment, clusters), pruned[order][centres]
+        recycled = pruned[order]
+        groups = [recycled[assignment == c] for c in range(clusters)]
+        return merge_clusters(tokens, assignment, clusters), recycled[centres], groups
