@@ -57,13 +57,14 @@ def method_args(args: argparse.Namespace, spec: str) -> argparse.Namespace:
 def side_by_side(pictures: list[Image.Image], labels: list[str], title: str | None = None) -> Image.Image:
     """The pictures in one row, top-aligned, each under its label."""
     font, pad, label_h = _font(18), 12, 26
-    title_h = 30 if title else 0
+    title_lines = title.splitlines() if title else []
+    title_h = 24 * len(title_lines) + (8 if title_lines else 0)  # a question may span lines (answer-format suffix)
     width = pad + sum(p.width + pad for p in pictures)
     height = title_h + label_h + max(p.height for p in pictures) + pad
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     pen = ImageDraw.Draw(canvas)
-    if title:
-        pen.text((pad, 6), title, fill=TEXT, font=font)
+    for i, line in enumerate(title_lines):
+        pen.text((pad, 6 + 24 * i), line, fill=TEXT, font=font)
     x = pad
     for picture, label in zip(pictures, labels, strict=True):
         pen.text((x, title_h + 4), label, fill=TEXT, font=font)
