@@ -58,8 +58,24 @@ class CheckpointConfigError(ValueError):
     """config.json is missing or describes neither an original LLaVA nor a llava-hf checkpoint."""
 
 
+class TextShape:
+    """The decoder's sizes every model family's config exposes, read from its `text_config`."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+
 @dataclasses.dataclass
-class LlavaConfig:
+class LlavaConfig(TextShape):
     """Everything the model needs to know about a checkpoint; attribute names follow LLaVA's config."""
 
     text_config: LlamaConfig | MistralConfig
@@ -92,18 +108,6 @@ class LlavaConfig:
     image_token_index: int | None = None
     video_token_index: int | None = None  # Video-LLaVA-hf: its video tower (plain CLIP per frame) is in the checkpoint
     raw: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.text_config.hidden_size
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.text_config.num_hidden_layers
-
-    @property
-    def vocab_size(self) -> int:
-        return self.text_config.vocab_size
 
     @property
     def text_family(self) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llava.model.anyres import MergeLayout, grid_layout
+from llava.model.config import TextShape
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, splice_image_features
 from llava.model.vlm import VisionLanguageModel, ids_on_device
 from llava.sparse.engine import apply_selection
@@ -208,7 +209,7 @@ class EncodedVideo(EncodedImage):
 
 
 @dataclasses.dataclass
-class QwenVLConfig:
+class QwenVLConfig(TextShape):
     """What our machinery reads of a Qwen2(.5)-VL checkpoint (`hf`: transformers' config, kept whole)."""
 
     hf: object
@@ -237,18 +238,6 @@ class QwenVLConfig:
     @property
     def vision_config(self):
         return self.hf.vision_config
-
-    @property
-    def hidden_size(self) -> int:
-        return self.text_config.hidden_size
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.text_config.num_hidden_layers
-
-    @property
-    def vocab_size(self) -> int:
-        return self.text_config.vocab_size
 
     @property
     def num_text_tokens(self) -> int:
