@@ -121,20 +121,10 @@ def mean_attention_received(tower, videos: torch.Tensor) -> tuple[torch.Tensor, 
     """Video-LLaVA's tower features [B, T, 1 + P, C] and, per frame, the attention each patch receives in the selected
     layer, averaged over heads and queries ([CLS] query included): [B, T, P] float32. Recomputed from the layer's
     `layer_norm1` output (after the temporal block) and its q/k projections, one frame at a time."""
-    layer = tower.vision_tower.encoder.layers[tower.num_layers_used - 1]
-    captured: dict[str, torch.Tensor] = {}
-
-    def grab(module, args, output):
-        captured["x"] = output
-
-    handle = layer.layer_norm1.register_forward_hook(grab)
-    try:
-        hidden = tower.encoder_hidden_states(videos)
-    finally:
-        handle.remove()
-    attn = layer.self_attn
+    hidden, normed = tower.hidden_states_and_attention_input(videos)
+    attn = tower.vision_tower.encoder.layers[tower.num_layers_used - 1].self_attn
     scores = []
-    for x in captured["x"]:  # [N, C]: one frame
+    for x in normed:  # [N, C]: one frame
         q = attn.q_proj(x).view(len(x), attn.num_heads, attn.head_dim).transpose(0, 1).float()
         k = attn.k_proj(x).view(len(x), attn.num_heads, attn.head_dim).transpose(0, 1).float()
         probs = (torch.matmul(q, k.transpose(1, 2)) * attn.scale).softmax(dim=-1)  # [heads, N, N]

@@ -148,13 +148,9 @@ class LanguageBindVideoTower(CLIPVisionTower):
         """[B, 3, T, H, W] -> [B, T, 1 + num_patches, C], cast back to the dtype of `videos`."""
         return self.encoder_hidden_states(videos).to(videos.dtype)
 
-    @torch.no_grad()
-    def forward_with_cls_attention(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features as `forward`, plus per frame the head-averaged spatial attention the [CLS] query pays each patch
-        inside the selected layer (FasterVLM's video score): [B, T, num_patches], float32.
-
-        Only that row is computed, from the selected layer's `layer_norm1` output (captured by a hook, so after the
-        temporal block) and its q/k projections."""
+    def hidden_states_and_attention_input(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`encoder_hidden_states(videos)`, the selected layer's `layer_norm1` output [B * T, N, C]): what that
+        layer's spatial attention reads, after the temporal block, captured by a hook during the same pass."""
         layer = self.vision_tower.encoder.layers[self.num_layers_used - 1]
         captured: dict[str, torch.Tensor] = {}
 
@@ -166,8 +162,17 @@ class LanguageBindVideoTower(CLIPVisionTower):
             hidden = self.encoder_hidden_states(videos)
         finally:
             handle.remove()
-        attn = layer.self_attn
-        x = captured["x"]
+        return hidden, captured["x"]
+
+    @torch.no_grad()
+    def forward_with_cls_attention(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features as `forward`, plus per frame the head-averaged spatial attention the [CLS] query pays each patch
+        inside the selected layer (FasterVLM's video score): [B, T, num_patches], float32.
+
+        Only that row is computed, from the selected layer's `layer_norm1` output (captured by a hook, so after the
+        temporal block) and its q/k projections."""
+        hidden, x = self.hidden_states_and_attention_input(videos)
+        attn = self.vision_tower.encoder.layers[self.num_layers_used - 1].self_attn
         frames, tokens, _ = x.shape
         q = attn.q_proj(x[:, :1]).view(frames, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
