@@ -252,7 +252,7 @@ def _add_args(group) -> None:
 def _build(args, budget: BudgetArgs) -> DART:
     max_tokens = getattr(args, "dart_max_tokens", None)
     image_pivots, text_pivots = getattr(args, "dart_pivots", (4, 4))
-    if max_tokens is not None and (budget.tokens is not None or budget.ratio is not None):
+    if max_tokens is not None and budget.given:
         raise ValueError("Give either --dart-max-tokens or --retained-tokens / --retained-ratio, not both")
     tokens = budget.tokens if budget.tokens is not None else DEFAULT_MAX_TOKENS
     return DART(max_tokens, tokens, budget.ratio, getattr(args, "dart_k", 2), image_pivots, text_pivots)

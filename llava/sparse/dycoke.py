@@ -185,6 +185,6 @@ def _add_args(group) -> None:
 def _build(args, budget) -> DyCoke:
     k = getattr(args, "dycoke_k", None)
     order = getattr(args, "dycoke_order", "similarity")
-    if k is None and (budget.tokens is not None or budget.ratio is not None):
+    if k is None and budget.given:
         return DyCoke(None, order, Budget(budget.tokens, budget.ratio))
     return DyCoke(DEFAULT_K if k is None else k, order)

@@ -213,7 +213,7 @@ def _add_args(group) -> None:
 @register("hired", add_args=_add_args, help="HiRED (LLaVA-NeXT): per-view budgets from L0 / L22 [CLS] attention")
 def _build(args, budget) -> HiRED:
     rate = getattr(args, "hired_rate", None)
-    given = budget.tokens is not None or budget.ratio is not None
+    given = budget.given
     if rate is not None and given:
         raise ValueError("hired: give --hired-rate or a token budget (--retained-tokens / --retained-ratio), not both")
     alpha, partition = getattr(args, "hired_alpha", ALPHA), getattr(args, "hired_partition", "faithful")

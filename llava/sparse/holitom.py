@@ -350,7 +350,7 @@ def _add_args(group) -> None:
 def _build(args, budget) -> HoliTom:
     ratio = getattr(args, "holitom_ratio", None)
     given = None
-    if ratio is None and (budget.tokens is not None or budget.ratio is not None):
+    if ratio is None and budget.given:
         given = Budget(budget.tokens, budget.ratio)
     elif ratio is None:
         ratio = DEFAULT_RATIO

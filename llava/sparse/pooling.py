@@ -199,7 +199,7 @@ def _add_args(group) -> None:
 @register("pool", add_args=_add_args, help="2-D average pooling of each view's grid (stride 2: 576 -> 144)")
 def _build(args, budget) -> GridPooling:
     stride = getattr(args, "pool_stride", None)
-    given = budget.tokens is not None or budget.ratio is not None
+    given = budget.given
     if stride is not None and given:
         raise ValueError("pool: give --pool-stride or a token budget (--retained-tokens / --retained-ratio), not both")
     stage = getattr(args, "pool_stage", "post_proj")

@@ -231,7 +231,7 @@ def _add_args(group) -> None:
 
 def _build(args, budget, plus: bool) -> PruMerge:
     mode = getattr(args, "prumerge_mode", "auto")
-    given = budget.tokens is not None or budget.ratio is not None
+    given = budget.given
     if mode == "adaptive" and given:
         raise ValueError("--prumerge-mode adaptive sets its own budget; drop --retained-tokens / --retained-ratio")
     fixed = mode == "fixed" or (mode == "auto" and given)

@@ -29,6 +29,11 @@ class BudgetArgs:
     seed: int | None
 
     @property
+    def given(self) -> bool:
+        """Whether the user gave a budget (a count or a ratio), as opposed to the default."""
+        return self.tokens is not None or self.ratio is not None
+
+    @property
     def count(self) -> int | None:
         """The token count in force (None when the budget is a ratio)."""
         if self.ratio is not None:
