@@ -221,3 +221,24 @@ def test_grounding_reads_the_attention_the_layer_computes():
     loss = train_tiny.grounding_loss(ours, evidence)
     want = -(torch.log(expected[0, 2] + expected[0, 5]) + torch.log(expected[2, 7])) / 2
     torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-4)
+
+
+def test_cls_loss_by_hand():
+    """The [CLS] objective on a 4-patch picture with one object (label L on patches 1 and 2): a head that outputs 0
+    costs log 2 per label (binary cross-entropy at p = 1/2), and a [CLS] row putting 0.5 on each content patch costs
+    -log(1/2) against the uniform-over-content target; its mass on content is 1. A row on the background costs more."""
+    import math
+
+    import torch
+
+    label = scenes.shape_label("circle", "red")
+    patches = torch.tensor([[scenes.BACKGROUND, label, label, scenes.SIGN]])
+    head = torch.nn.Linear(4, scenes.NUM_PATCH_LABELS - scenes.SIGN - 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    on_content = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    loss, mass = train_tiny.cls_loss(head, torch.ones(1, 4), on_content, patches)
+    assert loss.item() == pytest.approx(math.log(2) + math.log(2), abs=1e-6) and mass.item() == pytest.approx(1.0)
+    off_content = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    worse, mass = train_tiny.cls_loss(head, torch.ones(1, 4), off_content, patches)
+    assert worse.item() == pytest.approx(math.log(2) - math.log(0.1), abs=1e-6) and mass.item() == pytest.approx(0.2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from llava.model.multimodal_encoder.clip_encoder import cls_attention
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection
 from llava.sparse.registry import register
@@ -38,13 +39,7 @@ RATE, ALPHA = 0.2, 0.5
 def cls_attention_sum(layer, x: torch.Tensor) -> torch.Tensor:
     """[views, T - 1] float32: the attention of the [CLS] query (token 0) to every other token inside `layer` for
     its input `x` [views, T, C], per-head softmax summed over the heads (HiRED's score)."""
-    attn = layer.self_attn
-    x = layer.layer_norm1(x)
-    views, tokens, _ = x.shape
-    q = attn.q_proj(x[:, :1]).view(views, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(views, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-    probs = (q.float() @ k.float().transpose(2, 3) * attn.head_dim**-0.5).softmax(dim=-1)  # [V, h, 1, T]
-    return probs[:, :, 0, 1:].sum(dim=1)
+    return cls_attention(layer.self_attn, layer.layer_norm1(x)).sum(dim=1)
 
 
 def hired_budgets(views: int, per_view: int, rate: float | None, alpha: float, total: int | None = None):

@@ -43,12 +43,13 @@ from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
 from llava.model.config import LlavaConfig
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, cls_attention
 from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
 from llava.synthetic.scenes import (
     COLORS,
     NUM_PATCH_LABELS,
     SHAPES,
+    SIGN,
     SUFFIX,
     digit_label,
     draw,
@@ -191,6 +192,8 @@ class Answers:
     grounding: torch.Tensor | None  # [N, 576] log-attention of head 0 of `ground_layer` over the visual tokens
     pointing: torch.Tensor | None  # [N, L] log-attention of head 0 of the layer before over the question's tokens
     keywords: torch.Tensor | None  # [N, L] where the words naming the objects of each answer's question are
+    cls_output: torch.Tensor  # [B, C] the tower's [CLS] token at the selected layer
+    cls_attention: torch.Tensor  # [B, 576] its head-averaged attention over the patches there (FasterVLM's score)
 
 
 def forward_answers(
@@ -207,7 +210,9 @@ def forward_answers(
     first head looks among the visual tokens from each position that predicts an answer token, and where the
     previous layer's first head looks among the tokens of its own question (`keyword_ids`: the object words)."""
     tower = model.model.vision_tower
-    visual = tower.feature_select(tower.encoder_hidden_states(pixels))
+    hidden, normed = tower.hidden_states_and_attention_input(pixels)
+    visual = tower.feature_select(hidden)
+    cls_row = cls_attention(tower.selected_attention, normed).mean(dim=1)
     features = model.model.mm_projector(visual)
     num_visual = features.shape[1]
     image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])  # the same in every sample (shared prefix)
@@ -250,7 +255,7 @@ def forward_answers(
         hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
     hidden = text_model.norm(hidden)
     logits = model.lm_head(hidden[:, :-1][pos])
-    return Answers(visual, features, logits, target[:, 1:][pos], grounding, pointing, keywords)
+    return Answers(visual, features, logits, target[:, 1:][pos], grounding, pointing, keywords, hidden[:, 0], cls_row)
 
 
 def head_attention(layer, hidden: torch.Tensor, rotary, queries, allowed: torch.Tensor) -> torch.Tensor:
@@ -269,6 +274,20 @@ def head_attention(layer, hidden: torch.Tensor, rotary, queries, allowed: torch.
     k = k * cos + rotate_half(k) * sin
     scores = (k[batch_idx] @ q[:, :, None])[..., 0] * attn.scaling  # [N, L]
     return scores.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)
+
+
+def cls_loss(cls_head: nn.Module, cls_output: torch.Tensor, cls_row: torch.Tensor, patches: torch.Tensor):
+    """(loss, attention mass on content) of the tower's [CLS], an image-level target as CLIP's contrastive
+    pretraining gives a real [CLS] one: its output says which objects ((shape, colour) pairs) and which digits the
+    picture holds (multi-label, `cls_head`), and its head-averaged attention at the selected layer (`cls_row`
+    [B, 576], what FasterVLM ranks by) is spread evenly over the patches that show them (`patches`: the patch
+    labels [B, 576]; background and the sign's plain face are not content)."""
+    present = torch.zeros(len(patches), NUM_PATCH_LABELS).scatter_(1, patches, 1.0)[:, SIGN + 1 :]
+    label_loss = nn.functional.binary_cross_entropy_with_logits(cls_head(cls_output).float(), present)
+    content = (patches > SIGN).float()
+    target = content / content.sum(-1, keepdim=True).clamp_min(1)
+    attention_loss = -(target * cls_row.clamp_min(1e-12).log()).sum(-1).mean()
+    return label_loss + attention_loss, (cls_row * content).sum(-1).mean()
 
 
 def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
@@ -319,17 +338,18 @@ def loss_of(
     layers=None,
     ground_layer: int | None = None,
     keyword_ids: list[list[int]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(answer loss, patch loss, grounding loss). The answer loss is the mean cross-entropy of the answer tokens.
-    The grounding loss (`grounding_loss`, with `ground_layer`) asks one head to look, from each position that
-    predicts an answer token, at the patches that answer needs: the credit assignment a from-scratch model
-    otherwise has to discover through 576 visual tokens, and what makes attention-based pruning meaningful on
-    this benchmark, as text-to-image attention is in a pretrained LLaVA. The patch loss
-    asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives the
-    from-scratch tower meaningful features early; the probe is not part of the checkpoint) and, with `words`
-    (`patch_words`), asks each projected visual token to score the words of what it shows highest among the
-    LLM's input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens
-    of what it names start out alike."""
+    cls_head: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(answer loss, patch loss, grounding loss, `cls_loss` with `cls_head` else None). The answer loss is the mean
+    cross-entropy of the answer tokens. The grounding loss (`grounding_loss`, with `ground_layer`) asks one head to
+    look, from each position that predicts an answer token, at the patches that answer needs: the credit
+    assignment a from-scratch model otherwise has to discover through 576 visual tokens, and what makes
+    attention-based pruning meaningful on this benchmark, as text-to-image attention is in a pretrained LLaVA. The
+    patch loss asks a linear probe on the tower's features what each patch shows (an auxiliary target that gives
+    the from-scratch tower meaningful features early; the probe is not part of the checkpoint) and, with `words`
+    (`patch_words`), asks each projected visual token to score the words of what it shows highest among the LLM's
+    input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens of
+    what it names start out alike."""
     pixels, ids, labels, segments, patches, _, evidence = batch
     out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer, keyword_ids)
     visual, features = out.visual, out.features
@@ -345,7 +365,8 @@ def loss_of(
     grounding = torch.zeros(()) if out.grounding is None else grounding_loss(out.grounding, evidence)
     if out.pointing is not None:
         grounding = grounding + grounding_loss(out.pointing, out.keywords)
-    return nn.functional.cross_entropy(out.logits.float(), out.targets), patch_loss, grounding
+    cls = None if cls_head is None else cls_loss(cls_head, out.cls_output, out.cls_attention, patches)
+    return nn.functional.cross_entropy(out.logits.float(), out.targets), patch_loss, grounding, cls
 
 
 @torch.no_grad()
@@ -419,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-loss-weight", type=float, default=1.0)
     parser.add_argument("--ground-layer", type=int, default=2, help="layer whose first head is grounded (-1: off)")
     parser.add_argument("--ground-weight", type=float, default=1.0)
+    parser.add_argument("--cls-weight", type=float, default=1.0, help="weight of the [CLS] target (0: off)")
     parser.add_argument("--align", type=int, default=1, help="1: align visual tokens with word embeddings")
     parser.add_argument("--base-layers", type=int, default=4, help="train this many layers first (0: all)")
     parser.add_argument("--grow-at", type=float, default=0.7, help="grow to --layers at this fraction of the run")
@@ -447,9 +469,11 @@ def main(argv: list[str] | None = None) -> None:
             layer.mlp.down_proj.weight.mul_(scale)
     active = list(model.model.layers[:base])
     patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
+    cls_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS - SIGN - 1) if args.cls_weight else None
     words = patch_words(tokenizer) if args.align else None
     keyword_ids = object_word_ids(tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad] + list(patch_head.parameters())
+    heads = [patch_head] + ([cls_head] if cls_head is not None else [])  # probes, not part of the checkpoint
+    params = [p for p in model.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     log = (args.out / "train_log.txt").open("w")
     command = " ".join(argv if argv is not None else sys.argv[1:])
@@ -472,10 +496,12 @@ def main(argv: list[str] | None = None) -> None:
             active = grow(model.model.layers, len(active))
             log.write(f"step {step} grow: {args.base_layers} -> {len(active)} layers\n")
         batch = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
-        answer_loss, patch_loss, ground_loss = loss_of(
-            model, batch, patch_head, words, active, args.ground_layer, keyword_ids
+        answer_loss, patch_loss, ground_loss, cls = loss_of(
+            model, batch, patch_head, words, active, args.ground_layer, keyword_ids, cls_head
         )
         loss = answer_loss + args.patch_loss_weight * patch_loss + args.ground_weight * ground_loss
+        if cls is not None:
+            loss = loss + args.cls_weight * cls[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -487,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"step {step} t={elapsed:.0f}s lr={lr:.2e} answer_loss={answer_loss.item():.4f} "
                 f"smooth={smooth:.4f} patch_loss={patch_loss.item():.4f} ground_loss={ground_loss.item():.4f}"
             )
+            if cls is not None:  # the [CLS] target's loss and the share of [CLS] attention on content patches
+                line += f" cls_loss={cls[0].item():.4f} cls_on_content={cls[1].item():.3f}"
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
@@ -502,4 +530,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.cli import run_cli
+
+    run_cli(main)

@@ -85,29 +85,44 @@ class CLIPVisionTower(nn.Module):
         """[B, 3, H, W] -> [B, num_patches, C], cast back to the dtype of `images` (as LLaVA does)."""
         return self.feature_select(self.encoder_hidden_states(images)).to(images.dtype)
 
+    def hidden_states_and_attention_input(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`encoder_hidden_states(images)`, the selected layer's `layer_norm1` output [views, T, C]): what that
+        layer's attention reads, captured by a hook during the same pass (with gradients, for training)."""
+        layer = self.vision_tower.encoder.layers[self.num_layers_used - 1]
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab_normed(module, args, output):
+            captured["x"] = output
+
+        handle = layer.layer_norm1.register_forward_hook(grab_normed)
+        try:
+            hidden = self.encoder_hidden_states(images)
+        finally:
+            handle.remove()
+        return hidden, captured["x"]
+
+    @property
+    def selected_attention(self) -> nn.Module:
+        """The self-attention module of the selected layer (the one whose [CLS] row FasterVLM reads)."""
+        return self.vision_tower.encoder.layers[self.num_layers_used - 1].self_attn
+
     @torch.no_grad()
     def forward_with_cls_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features as `forward`, plus the head-averaged attention the [CLS] query pays each patch inside the
         selected layer (the layer that produced the features; FasterVLM's score): [B, num_patches], float32.
 
-        Only that one row is computed, from the layer's own input, layer norm and q/k projections, instead of
-        asking every CLIP layer for its full attention maps."""
-        layer = self.vision_tower.encoder.layers[self.num_layers_used - 1]
-        captured: dict[str, torch.Tensor] = {}
+        Only that one row is computed (`cls_attention`), instead of asking every CLIP layer for its full
+        attention maps."""
+        hidden, x = self.hidden_states_and_attention_input(images)
+        return self.feature_select(hidden).to(images.dtype), cls_attention(self.selected_attention, x).mean(dim=1)
 
-        def grab_input(module, args, kwargs):
-            captured["x"] = args[0] if args else kwargs["hidden_states"]
 
-        handle = layer.register_forward_pre_hook(grab_input, with_kwargs=True)
-        try:
-            hidden = self.encoder_hidden_states(images)
-        finally:
-            handle.remove()
-        attn = layer.self_attn
-        x = layer.layer_norm1(captured["x"])
-        batch, tokens, _ = x.shape
-        q = attn.q_proj(x[:, :1]).view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-        probs = (torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale).softmax(dim=-1)  # [B, h, 1, T]
-        cls_row = probs[:, :, 0, 1:].mean(dim=1)
-        return self.feature_select(hidden).to(images.dtype), cls_row
+def cls_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[views, heads, T - 1] float32: per head, the softmax attention the [CLS] query (token 0) pays every other
+    token in the CLIP attention module `attn`, for its `layer_norm1` output `x` [views, T, C]. Only that row is
+    computed, from the module's own q/k projections."""
+    views, tokens, _ = x.shape
+    q = attn.q_proj(x[:, :1]).view(views, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(views, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+    probs = (torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale).softmax(dim=-1)  # [V, h, 1, T]
+    return probs[:, :, 0, 1:]

@@ -26,7 +26,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
 from llava.model.checkpoint import iter_tensors, weight_files
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, cls_attention
 
 # The vision_config fields transformers' CLIPVisionConfig understands; LanguageBind's config adds `add_time_attn`,
 # `num_frames`, `force_patch_dropout`, `lora_*`, `num_mel_bins`, `target_length` and `video_decode_backend`.
@@ -148,22 +148,6 @@ class LanguageBindVideoTower(CLIPVisionTower):
         """[B, 3, T, H, W] -> [B, T, 1 + num_patches, C], cast back to the dtype of `videos`."""
         return self.encoder_hidden_states(videos).to(videos.dtype)
 
-    def hidden_states_and_attention_input(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(`encoder_hidden_states(videos)`, the selected layer's `layer_norm1` output [B * T, N, C]): what that
-        layer's spatial attention reads, after the temporal block, captured by a hook during the same pass."""
-        layer = self.vision_tower.encoder.layers[self.num_layers_used - 1]
-        captured: dict[str, torch.Tensor] = {}
-
-        def grab_normed(module, args, output):
-            captured["x"] = output
-
-        handle = layer.layer_norm1.register_forward_hook(grab_normed)
-        try:
-            hidden = self.encoder_hidden_states(videos)
-        finally:
-            handle.remove()
-        return hidden, captured["x"]
-
     @torch.no_grad()
     def forward_with_cls_attention(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features as `forward`, plus per frame the head-averaged spatial attention the [CLS] query pays each patch
@@ -171,14 +155,9 @@ class LanguageBindVideoTower(CLIPVisionTower):
 
         Only that row is computed, from the selected layer's `layer_norm1` output (captured by a hook, so after the
         temporal block) and its q/k projections."""
-        hidden, x = self.hidden_states_and_attention_input(videos)
-        attn = self.vision_tower.encoder.layers[self.num_layers_used - 1].self_attn
-        frames, tokens, _ = x.shape
-        q = attn.q_proj(x[:, :1]).view(frames, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(frames, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-        probs = (torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scale).softmax(dim=-1)  # [B*T, h, 1, N]
-        cls_row = probs[:, :, 0, 1:].mean(dim=1).view(videos.shape[0], self.num_frames, tokens - 1)
-        return hidden.to(videos.dtype), cls_row
+        hidden, x = self.hidden_states_and_attention_input(videos)  # x: [B * T, N, C], after the temporal block
+        cls_row = cls_attention(self.selected_attention, x).mean(dim=1)
+        return hidden.to(videos.dtype), cls_row.view(videos.shape[0], self.num_frames, -1)
 
 
 # --- Loading ---------------------------------------------------------------------------------------------------
