@@ -335,6 +335,16 @@ def test_flags_build_the_method():
     assert (method.clip_path, method.tokenizer_path) == ("full-clip", "tok")
 
 
+def test_method_env_alone_takes_the_checkpoints_tokenizer(tiny_llava, monkeypatch):
+    """`METHOD=cdpruner` with no flags: the loader tells the method its checkpoint, as `--model-path` would."""
+    monkeypatch.setenv("METHOD", "cdpruner")
+    monkeypatch.setenv("RETAIN_TOKN", "64")
+    model = load_pretrained_model(str(tiny_llava), device="cpu")[1]
+    method = model.pruning
+    assert isinstance(method, CDPruner) and method.tokenizer_path == str(tiny_llava)
+    assert method._llm_tokenizer().decode([1]) == "<s>"
+
+
 def test_missing_pieces_are_reported(loaded, tiny_llava):
     tokenizer, model, processor, _ = loaded
     px = process_images([random_image(9)], processor, model.config)

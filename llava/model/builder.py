@@ -229,9 +229,9 @@ def load_pretrained_model(
             "scripts/merge_lora_weights.py) and load the merged folder"
         )
     target = resolve_device(device)
+    pruning = _resolve_pruning(pruning, model_path, model_base)
     if is_qwen_vl(checkpoint_model_type(model_dir)):
         return _load_qwen(model_dir, target, dtype, attn_implementation, use_flash_attn, pruning, device_map, kwargs)
-    pruning = _resolve_pruning(pruning)
     # the tower's layers after the selected one are dropped unless the method reads them (PruMerge: the next layer)
     truncate = not getattr(pruning, "needs_full_tower", False)
     explicit_map = isinstance(device_map, dict) or (isinstance(device_map, str) and device_map.lstrip().startswith("{"))
@@ -314,14 +314,15 @@ def _load_qwen(model_dir: Path, target, dtype, attn_implementation, use_flash_at
     return tokenizer, model, image_processor, model.config.text_config.max_position_embeddings
 
 
-def _resolve_pruning(pruning):
-    """The method asked for: a PruningMethod, None, or "env" (read now)."""
+def _resolve_pruning(pruning, model_path: str | None = None, model_base: str | None = None):
+    """The method asked for: a PruningMethod, None, or "env" (read now; methods that read the checkpoint's own
+    files, such as CDPruner's LLM tokenizer, are told `model_path` / `model_base` as the command-line flags would)."""
     if isinstance(pruning, str):
         if pruning != "env":
             raise ValueError(f"pruning must be a PruningMethod, None or 'env', got {pruning!r}")
         from llava.sparse.methods import pruning_from_env
 
-        return pruning_from_env()
+        return pruning_from_env(model_path=model_path, model_base=model_base)
     return pruning
 
 

@@ -179,11 +179,16 @@ def _method_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Pruni
     )
 
 
-def pruning_from_env(env: Mapping[str, str] | None = None) -> PruningMethod:
-    """The method the environment alone asks for (what `load_pretrained_model` uses by default)."""
+def pruning_from_env(
+    env: Mapping[str, str] | None = None, model_path: str | None = None, model_base: str | None = None
+) -> PruningMethod:
+    """The method the environment alone asks for (what `load_pretrained_model` uses by default), built as the
+    command line would build it for `--model-path model_path --model-base model_base`."""
     parser = argparse.ArgumentParser()
     add_pruning_args(parser)
-    return pruning_from_args(parser.parse_args([]), env)
+    args = parser.parse_args([])
+    args.model_path, args.model_base = model_path, model_base
+    return pruning_from_args(args, env)
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
