@@ -88,6 +88,9 @@ def process_images(images: list[Image.Image], image_processor, model_cfg) -> tor
     W] when every image has as many views, else a list of [1 + crops, 3, H, W]); anything else resizes and
     centre-crops ([N, 3, H, W])."""
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    factor = getattr(model_cfg, "pruning_image_downsample", None)
+    if factor is not None:  # the downsampling baseline (dynamic-resolution models only)
+        images = [downsample_image(image, factor) for image in images]
     if aspect == "qwen":  # Qwen-VL: per image its pixel patches [patches, 1176], at its own resolution
         return [image_processor(images=[image], return_tensors="pt")["pixel_values"] for image in images]
     if aspect == "anyres":
@@ -100,6 +103,26 @@ def process_images(images: list[Image.Image], image_processor, model_cfg) -> tor
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         images = [expand2square(image, background) for image in images]
     return image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
+
+
+def downsampled_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """(width, height) of an image of `size` after `downsample_image` by `factor`."""
+    if factor < 1:
+        raise ValueError(f"downsample factor {factor} must be at least 1")
+    width, height = size
+    return max(1, width // factor), max(1, height // factor)
+
+
+def downsample_image(image: Image.Image, factor: int, jpeg_quality: int | None = 75) -> Image.Image:
+    """VTC-Bench's downsampling baseline for dynamic-resolution models: the image resized to (w // r, h // r) with
+    bicubic resampling and re-encoded as JPEG (PIL's default quality 75; None: no re-encoding), before the
+    processor."""
+    image = image.resize(downsampled_size(image.size, factor), resample=Image.Resampling.BICUBIC)
+    if jpeg_quality is None:
+        return image
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=jpeg_quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def load_image(image_file: str | os.PathLike, timeout: float = 10.0) -> Image.Image:

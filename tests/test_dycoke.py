@@ -187,3 +187,157 @@ def test_qwen_video_keeps_the_kept_tokens_3d_ids(tmp_path):
         pruned.position_ids[0, start : start + count], full.position_ids[0, full_start + tokens.source()]
     )
     assert torch.equal(pruned.position_ids[0, start + count :], full.position_ids[0, full_start + full_count :])
+
+
+# -- the decode-time KV selection -----------------------------------------------------------------------------------
+
+
+def decode_with_plan(model, method, ids, videos, steps):
+    """Greedy prefill + `steps` decode steps through the engine: (tokens [B, steps + 1], decode logits per step
+    [B, V], the decode plan)."""
+    model.set_pruning(method)
+    try:
+        prefill = model.prefill(ids, videos=videos, max_new_tokens=steps)
+        token = model.lm_head(prefill.hidden_states[:, -1]).argmax(-1)
+        tokens, logits = [token], []
+        for _ in range(steps):
+            logits.append(model.decode_step(token, prefill.cache))
+            token = logits[-1].argmax(-1)
+            tokens.append(token)
+    finally:
+        model.set_pruning(None)
+    return torch.stack(tokens, 1), logits, prefill.cache.decode_plan
+
+
+def brute_force(model, method, ids, videos, new_ids, layer, p, similar=0.9):
+    """A cache-free eager forward of prompt + `new_ids` (one sample) where each generated token's query row at
+    layers >= `layer` sees only its step's selected visual keys, re-derived here from transformers' eager attention
+    weights of layer `layer` - 1 (head mean; top int(len (1 - p)) of the span [start, start + visual - 1) when the
+    cosine to the previous step's row is < `similar`, all keys otherwise). Returns (logits of the generated rows,
+    rows a, whether each step selected)."""
+    model.set_pruning(method)
+    try:
+        inputs = model.prepare_inputs(ids, videos=videos)
+    finally:
+        model.set_pruning(None)
+    text = model.model
+    prompt_len, steps = inputs.inputs_embeds.shape[1], new_ids.shape[1]
+    hidden = torch.cat([inputs.inputs_embeds, text.embed_tokens(new_ids)], dim=1)
+    positions = inputs.position_ids
+    last = positions.amax(dim=tuple(range(1, positions.dim()))) + 1
+    offsets = torch.arange(steps)[None] + last[:, None]
+    new_positions = offsets if positions.dim() == 2 else offsets[..., None].expand(-1, -1, positions.shape[-1])
+    positions = torch.cat([positions, new_positions], dim=1)
+    total = prompt_len + steps
+    (start, count) = inputs.image_spans[0][0]
+    span = count - 1  # the reference's off-by-one
+    causal = torch.ones(total, total).tril().bool()
+    rows, selected, restricted = [], [], causal.clone()
+    previous = None
+    captured = {}
+    weights_layer = text.layers[layer - 1].self_attn
+    handle = weights_layer.register_forward_hook(lambda mod, args, out: captured.update(w=out[1]))
+    original = model.attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        embeddings = text.rotary_emb(hidden, positions)
+        h = hidden
+        for idx, decoder_layer in enumerate(text.layers):
+            if idx == layer:  # the rows a are known now (layers < l are not restricted)
+                for i in range(steps):
+                    q = prompt_len + i
+                    a = captured["w"][0, :, q, start : start + span].mean(0)
+                    rows.append(a)
+                    similarity = None if previous is None else torch.nn.functional.cosine_similarity(a, previous, dim=0)
+                    chosen = similarity is None or float(similarity) < similar
+                    selected.append(chosen)
+                    previous = a
+                    if chosen:
+                        top = torch.topk(a, int(span * (1 - p))).indices
+                        restricted[q, start : start + span] = False
+                        restricted[q, start + top] = True
+            allowed = causal if idx < layer else restricted
+            mask = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            h = decoder_layer(h, attention_mask=mask, position_ids=None, position_embeddings=embeddings)
+    finally:
+        handle.remove()
+        model.set_attn_implementation(original)
+    logits = model.lm_head(text.norm(h))[0, prompt_len:].float()
+    return logits, rows, selected
+
+
+def check_against_brute_force(model, ids, videos, p, steps=4, layer=3, similar=0.9):
+    tokens, logits, plan = decode_with_plan(model, DyCoke(0.5, p=p, layer=layer), ids, videos, steps)
+    new_ids = tokens[:, :steps]
+    expected, rows, selected = brute_force(model, DyCoke(0.5, p=None), ids, videos, new_ids, layer, p, similar)
+    start, span = plan.starts[0], plan.spans[0]
+    for step in range(steps):
+        torch.testing.assert_close(plan.rows[step][0, start : start + span], rows[step], atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits[step][0], expected[step], atol=1e-4, rtol=1e-4)
+    return selected
+
+
+@pytest.mark.parametrize("similar", [0.9, -1.0])
+@torch.no_grad()
+def test_decode_selection_equals_brute_force_on_video_llava(video_llava, monkeypatch, similar):
+    """p = 0.7: the engine's rows a equal transformers' eager head-mean weights of layer l - 1, and its decode logits
+    equal a cache-free forward whose layers >= l see only each step's selected visual keys. With the reference's 0.9
+    the tiny model's rows change enough that every step selects; a threshold of -1 makes every step after the first
+    "similar", which must then attend to the full cache."""
+    monkeypatch.setattr("llava.sparse.dycoke.SIMILAR", similar)
+    tokenizer, model, _, clips = video_llava
+    layer = min(3, model.config.text_config.num_hidden_layers - 1)
+    ids = prompt(tokenizer, QUESTIONS[0])[None]
+    selected = check_against_brute_force(model, ids, [clips[0]], 0.7, layer=layer, similar=similar)
+    assert selected == ([True] * 4 if similar > 0 else [True, False, False, False])
+
+
+@torch.no_grad()
+def test_decode_selection_equals_brute_force_on_qwen(tmp_path):
+    from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
+
+    from .test_qwen_video import SMALL, frames
+    from .test_qwen_video import prompt as qwen_prompt
+
+    folder = write_tiny_qwen_vl(tmp_path / "qwen", seed=1)
+    tokenizer, model, processor, _ = load_pretrained_model(str(folder), device="cpu", pruning=None)
+    video = model.load_video(frames(10, 8, 56, 84), processor, fps=1.0, **SMALL)
+    layer = min(3, model.config.text_config.num_hidden_layers - 1)
+    selected = check_against_brute_force(model, qwen_prompt(tokenizer, model, "What?")[None], [video], 0.5, layer=layer)
+    assert selected[0]
+
+
+def test_decode_keep_all_equals_ttm_only(video_llava):
+    """p = 0 keeps every visual key: the same tokens as TTM alone (no decode plan)."""
+    tokenizer, model, _, clips = video_llava
+    ids = prompt(tokenizer, QUESTIONS[0])[None]
+    ttm, _ = run(model, DyCoke(0.5, p=None), ids, [clips[0]], 6)
+    keep_all, _ = run(model, DyCoke(0.5, p=0.0), ids, [clips[0]], 6)
+    assert keep_all.tolist() == ttm.tolist()
+
+
+def test_decode_flags():
+    parser = argparse.ArgumentParser()
+    add_pruning_args(parser)
+    method = pruning_from_args(parser.parse_args(["--method", "dycoke"]), env={})
+    assert method.p == 0.7 and method.layer == 3 and not method.full_span
+    args = ["--method", "dycoke", "--dycoke-p", "0.8", "--dycoke-l", "2", "--dycoke-full-span"]
+    method = pruning_from_args(parser.parse_args(args), env={})
+    assert method.p == 0.8 and method.layer == 2 and method.full_span
+    assert pruning_from_args(parser.parse_args(["--method", "dycoke", "--dycoke-no-decode"]), env={}).p is None
+    with pytest.raises(ValueError, match="dycoke-p"):
+        DyCoke(p=1.0)
+
+
+def test_empty_decode_plan_changes_nothing(video_llava):
+    """The engine's decode hook with a plan that asks for nothing gives the plain decode step's logits exactly."""
+    from llava.sparse.engine import DecodePlan
+
+    tokenizer, model, _, clips = video_llava
+    ids = prompt(tokenizer, QUESTIONS[1])[None]
+    _, plain, none = decode_with_plan(model, DyCoke(0.5, p=None), ids, [clips[1]], 4)
+    hooked = DyCoke(0.5, p=None)
+    hooked.decode_plan = lambda layouts, length: DecodePlan()
+    _, with_plan, plan = decode_with_plan(model, hooked, ids, [clips[1]], 4)
+    assert none is None and isinstance(plan, DecodePlan)
+    assert all(torch.equal(a, b) for a, b in zip(with_plan, plain, strict=True))

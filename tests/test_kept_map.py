@@ -307,3 +307,62 @@ def test_run_llava_kept_map_on_every_family(family_checkpoints, tmp_path, family
     assert len(account.stages) == stages
     assert [p.key for p in panels_of(account.stages[0].tokens)] == panels
     _check_png(out, (300, 300))
+
+
+def _input_clusters(account) -> list[set[tuple[int, int]]]:
+    """The cells each merged token of the LLM's input stage is drawn on (the picture's own cell sets)."""
+    _, cells = stage_cells(account.stages)
+    assert all(m is not None for m in cells[0].merged)
+    return [m[0] for m in cells[0].merged]
+
+
+def test_pooling_clusters_are_the_pooled_windows(loaded, scene):
+    from llava.sparse.pooling import GridPooling
+
+    account = _generate(loaded, GridPooling(stride=2), draw(scene))
+    clusters = _input_clusters(account)
+    # stride 2 on 24 x 24: pooled token (i, j) averages the 2 x 2 window at rows 2i..2i+1, columns 2j..2j+1
+    expected = [{(2 * i + dr, 2 * j + dc) for dr in (0, 1) for dc in (0, 1)} for i in range(12) for j in range(12)]
+    assert clusters == expected
+    picture = kept_map(draw(scene), account.stages)
+    assert picture.width >= 336
+
+
+def test_visionzip_clusters_follow_the_spec_assignment(loaded, scene):
+    from llava.sparse.visionzip import VisionZip, selected_layer_signals
+
+    _, model, processor, _ = loaded
+    image = draw(scene)
+    dominant, contextual = 20, 4
+    account = _generate(loaded, VisionZip(dominant=dominant, contextual=contextual), image)
+    clusters = _input_clusters(account)
+    # by hand, from the spec's rule on the same tower signals: dominant = [CLS] + top D-1 patches; the rest in raster
+    # order, every (R // C)-th a target, every other one joins the target of highest key cosine
+    tower = model.get_vision_tower()
+    _, cls_row, keys = selected_layer_signals(tower, pixels(processor, model, image).to(tower.dtype))
+    top = set((torch.topk(cls_row[0], dominant - 1).indices + 1).tolist())
+    rest = [r for r in range(1, keys.shape[1]) if r not in top]
+    step = len(rest) // contextual
+    targets = [rest[i] for i in range(0, len(rest), step)][:contextual]
+    unit = keys[0] / keys[0].norm(dim=-1, keepdim=True)
+    groups = {t: {t} for t in targets}
+    for r in rest:
+        if r not in groups:
+            groups[max(targets, key=lambda t: (float(unit[r] @ unit[t]), -targets.index(t)))].add(r)
+    expected = [{((r - 1) // SIDE, (r - 1) % SIDE) for r in groups[t]} for t in targets]
+    assert clusters == expected
+    assert sum(len(c) for c in clusters) == SIDE * SIDE - (dominant - 1)  # every non-dominant patch, once
+
+
+def test_prumerge_extra_token_absorbs_the_pruned_patches(tiny_clip, tmp_path_factory, scene):
+    from llava.model.builder import load_pretrained_model
+    from llava.sparse.prumerge import PruMerge
+    from llava.testing import write_tiny_llava
+
+    folder = write_tiny_llava(tmp_path_factory.mktemp("pm") / "llava", tiny_clip)
+    loaded_full = load_pretrained_model(str(folder), device="cpu", pruning=PruMerge())
+    account = _generate(loaded_full, PruMerge(), draw(scene))
+    (cluster,) = _input_clusters(account)
+    tokens = account.stages[0].tokens
+    kept = {(int(r), int(c)) for r, c in zip(tokens.row, tokens.col, strict=True) if r >= 0}
+    assert cluster == {(r, c) for r in range(SIDE) for c in range(SIDE)} - kept

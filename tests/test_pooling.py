@@ -15,7 +15,7 @@ from llava.model.builder import load_pretrained_model
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod
 from llava.sparse.methods import add_pruning_args, pruning_from_args
-from llava.sparse.pooling import GridPooling, downsample_image, pool_2d, pool_grid
+from llava.sparse.pooling import GridPooling, pool_2d, pool_grid
 
 from .helpers import prompt_ids, random_image
 
@@ -91,11 +91,6 @@ def test_flags_and_budgets():
     assert build("--retained-ratio", "0.25").budget == Budget(ratio=0.25)
     with pytest.raises(ValueError, match="not both"):
         build("--pool-stride", "2", "--retained-tokens", "64")
-
-
-def test_downsampling_baseline_resize():
-    image = random_image(0, (1000, 700))
-    assert downsample_image(image, 2).size == (500, 350) and downsample_image(image, 1).size == (1000, 700)
 
 
 # -- LLaVA-1.5 ---------------------------------------------------------------------------------------------------------

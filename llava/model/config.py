@@ -99,6 +99,7 @@ class LlavaConfig(TextShape):
     anyres_rule: str = "llava"
     pruning_grid_rule: str | None = None
     pruning_merge_type: str | None = None
+    pruning_image_downsample: int | None = None  # the downsampling baseline's factor (`set_pruning`)
     # Video-LLaVA (original format): LanguageBind image and video towers instead of mm_vision_tower; frames per clip.
     mm_image_tower: str | None = None
     mm_video_tower: str | None = None

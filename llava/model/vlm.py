@@ -100,8 +100,8 @@ class VisionLanguageModel(nn.Module):
     def set_pruning(self, method: PruningMethod | None) -> None:
         """The visual-token pruning method used by every following prefill (None: no pruning); checked against
         this model now, so that an impossible budget fails before any data is read. A method whose reference
-        used its own anyres grid rule or merge (FasterVLM on LLaVA-NeXT) sets them in `config`, which
-        `process_images(images, image_processor, model.config)` reads."""
+        used its own anyres grid rule or merge (FasterVLM on LLaVA-NeXT), or shrinks images before the processor
+        (downsampling), sets them in `config`, which `process_images(images, image_processor, model.config)` reads."""
         method = method or PruningMethod()
         if self.get_vision_tower() is not None:
             method.bind(self.nominal_visual_tokens)
@@ -109,6 +109,7 @@ class VisionLanguageModel(nn.Module):
                 method.validate(self)
         self.config.pruning_grid_rule = method.grid_rule
         self.config.pruning_merge_type = method.merge_type
+        self.config.pruning_image_downsample = method.image_downsample
         self.pruning = method
 
     # -- running ----------------------------------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class VisionLanguageModel(nn.Module):
         for account, indices in zip(plan.accounts, inputs.image_indices or [[]] * len(plan.accounts), strict=True):
             account.method_flops += sum(inputs.images[i].method_flops for i in indices)  # the pre-LLM method's work
         plan.finish()
+        if cache is not None:
+            cache.decode_plan = self.pruning.decode_plan(layouts, state.hidden_states.shape[1])
         for account in plan.accounts:
             account.prefill_ms = timer.ms
             if self.device.type == "cpu":
@@ -148,7 +151,9 @@ class VisionLanguageModel(nn.Module):
         if self.model.layer_devices is not None:  # the ids come from the logits, on the last layer's device
             token_ids = token_ids.to(self.input_device)
         cache.reserve()
-        if self._compiled_step is None:
+        if cache.decode_plan is not None:  # a per-step plan (host-side choices): run eagerly
+            logits = self.step_logits(token_ids, cache, cache.decode_plan)
+        elif self._compiled_step is None:
             logits = self.step_logits(token_ids, cache)
         else:
             torch.compiler.cudagraph_mark_step_begin()
@@ -156,10 +161,11 @@ class VisionLanguageModel(nn.Module):
         cache.advanced()
         return logits
 
-    def step_logits(self, token_ids: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """The whole decode step on the device: embedding, decoder layers over the cache buffers, lm_head."""
+    def step_logits(self, token_ids: torch.Tensor, cache: DecoderCache, plan=None) -> torch.Tensor:
+        """The whole decode step on the device: embedding, decoder layers over the cache buffers (under the
+        method's `DecodePlan`, if any), lm_head."""
         hidden = DecoderLoop(self.model, self.attn_implementation).step(
-            self.model.embed_tokens(token_ids[:, None]), cache
+            self.model.embed_tokens(token_ids[:, None]), cache, plan
         )
         return self.lm_head(hidden[:, -1]).float()
 

@@ -7,11 +7,14 @@ frame i+1 keeps the `int((1 - k) * n)` positions least cosine-similar to frame i
 unpruned, at the head of each frame, and similarities use the patches only, so n = 256 patches per frame), Qwen-VL's
 frame pairs (one temporal patch = one view, n = its merged cells). Images are refused: DyCoke is video only.
 
-Not implemented: DyCoke's second stage, the decode-time dynamic KV selection (attention row of layer l-1 for every
-generated token, layers >= l attending to a top-(1-p) subset of the image keys). Our decode step is one static,
-compiled function over the shared KV cache (`llava.model.language_model.cache`, `DecoderLoop.step`) with no hook
-for a per-step plan, so that part needs an engine change (a decode plan: one attention row at layer l-1, an extra
-key mask for layers >= l); the image span it needs is `VisualLayout.prefix` / `visual`, not the reference's 14.
+Second stage, the decode-time dynamic KV selection (`DyCokeDecodePlan`, an engine `DecodePlan`): at every decode
+step `a` is the head-mean attention row of the new token at layer l-1 over the sample's visual span (from its
+`VisualLayout`, not the reference's hard-coded 14). If cos(a, a_prev) < 0.9 (always on the first step), layers >= l
+attend to the top int(len * (1 - p)) visual keys plus every other key; else (quirk) to the FULL cache for that step.
+`a_prev` is updated every step. Nothing is freed (compute-only saving, as in the reference); each sample has its own
+selection. Quirk (reproduced unless `--dycoke-full-span`): the span is len = visual tokens - 1, the last visual token
+counting as "other" (always kept). With a decode plan the step runs uncompiled. Decode-time savings are not counted
+in the accounts (they count prefill and cache, not decode attention).
 
 `VideoPruning`, the shared part of the video-only methods (image refusal, frames of a layout, pre-LLM FLOPs into the
 accounts), lives here and HoliTom (`llava.sparse.holitom`) builds on it.
@@ -24,11 +27,15 @@ import torch.nn.functional as F
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.anyres import MergeLayout
+from llava.sparse.attention_rows import RowsRequest
 from llava.sparse.budget import Budget
-from llava.sparse.engine import PruningMethod
+from llava.sparse.engine import DecodePlan, PruningMethod, VisualLayout
 from llava.sparse.registry import register
 
 DEFAULT_K = 0.7  # the lmms-eval wrapper's default and the paper's headline row (K = 0.7)
+DEFAULT_P = 0.7  # the paper's and the README example's p (its 14.25 % retained ratio); the lmms-eval wrapper has 0.8
+DEFAULT_L = 3
+SIMILAR = 0.9  # cos(a, a_prev) at or above which a step attends to the full cache
 ORDERS = ("similarity", "raster")
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -111,6 +118,42 @@ def pruned_frame_count(frames: int) -> int:
     return frames // 2 + len(range(0, frames - 4, 4))
 
 
+class DyCokeDecodePlan(DecodePlan):
+    """DyCoke's dynamic KV selection over one batch's decode steps (see the module docstring)."""
+
+    def __init__(self, layouts: list[VisualLayout], length: int, layer: int, p: float, full_span: bool) -> None:
+        self.layer, self.p = layer, p
+        self.starts = [layout.visual_start(length) for layout in layouts]
+        # quirk: the reference's span is TTM tokens - 1 (its last visual token is never a candidate)
+        self.spans = [max(0, layout.visual - (0 if full_span else 1)) for layout in layouts]
+        self.previous: list[torch.Tensor | None] = [None] * len(layouts)
+        self.keep: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] = []  # the head-mean rows `a` of each step, [B, K] (read by tests)
+
+    def request(self, layer_idx, key_mask):
+        if layer_idx != self.layer - 1:
+            return None
+        rows = torch.zeros(key_mask.shape[0], 1, dtype=torch.long, device=key_mask.device)
+        return RowsRequest(rows, torch.ones_like(rows, dtype=torch.bool), key_mask)
+
+    def take_row(self, layer_idx, request):
+        attention = request.probs.mean(dim=1)[:, 0]  # [B, K] head mean
+        self.rows.append(attention)
+        keep = torch.ones_like(request.key_mask)
+        for b, (start, span) in enumerate(zip(self.starts, self.spans, strict=True)):
+            a = attention[b, start : start + span]
+            previous, self.previous[b] = self.previous[b], a
+            if span == 0 or (previous is not None and F.cosine_similarity(a, previous, dim=0) >= SIMILAR):
+                continue  # quirk: a similar step attends to the full cache, not to the previous selection
+            top = torch.topk(a, int(span * (1 - self.p))).indices
+            keep[b, start : start + span] = False
+            keep[b, start + top] = True
+        self.keep = keep
+
+    def key_mask(self, layer_idx):
+        return self.keep if layer_idx >= self.layer else None
+
+
 class DyCoke(VideoPruning):
     """DyCoke's TTM with `k` (the fraction of each pruned frame's patches dropped), or with the per-frame keep count
     set from our budget (`budget`, tokens at the clip's nominal count or a ratio): the largest count whose clip
@@ -118,19 +161,40 @@ class DyCoke(VideoPruning):
 
     name = "dycoke"
 
-    def __init__(self, k: float | None = DEFAULT_K, order: str = "similarity", budget: Budget | None = None) -> None:
+    def __init__(
+        self,
+        k: float | None = DEFAULT_K,
+        order: str = "similarity",
+        budget: Budget | None = None,
+        p: float | None = DEFAULT_P,
+        layer: int = DEFAULT_L,
+        full_span: bool = False,
+    ) -> None:
         if (k is None) == (budget is None):
             raise ValueError("DyCoke takes either k or a budget")
         if k is not None and not 0 <= k < 1:
             raise ValueError(f"--dycoke-k {k} must be in [0, 1) (the fraction of a pruned frame's tokens dropped)")
         if order not in ORDERS:
             raise ValueError(f"--dycoke-order {order!r}: use one of {ORDERS}")
+        if p is not None and not 0 <= p < 1:
+            raise ValueError(f"--dycoke-p {p} must be in [0, 1) (the fraction of visual keys decode skips)")
+        if layer < 1:
+            raise ValueError(f"--dycoke-l {layer} must be >= 1 (the row is read at layer l - 1)")
         super().__init__()
         self.k, self.order, self.budget = k, order, budget
+        self.p, self.layer, self.full_span = p, layer, full_span
+
+    def decode_plan(self, layouts, length):
+        """DyCoke's decode-time KV selection (None: TTM only, `p` None)."""
+        if self.p is None:
+            return None
+        return DyCokeDecodePlan(layouts, length, self.layer, self.p, self.full_span)
 
     def describe(self) -> str:
         knob = f"k={self.k:g}" if self.budget is None else f"budget={self.budget.describe()}"
-        return f"dycoke TTM {knob} order={self.order} (no decode-time KV pruning)"
+        decode = "no decode KV pruning" if self.p is None else f"decode KV p={self.p:g} l={self.layer}"
+        span = " full-span" if self.full_span else ""
+        return f"dycoke TTM {knob} order={self.order}, {decode}{span}"
 
     def keep_count(self, tokens: MergeLayout, frames: int, n: int, leading: int) -> int:
         """Patches each pruned frame keeps."""
@@ -180,11 +244,31 @@ def _add_args(group) -> None:
         help="DyCoke: order of a pruned frame's kept tokens, ascending similarity (reference) or raster",
     )
 
+    group.add_argument(
+        "--dycoke-p",
+        type=float,
+        default=DEFAULT_P,
+        help=f"DyCoke: fraction of the visual keys layers >= l skip at a decode step (default {DEFAULT_P}, the "
+        "paper's; the lmms-eval wrapper uses 0.8)",
+    )
+    group.add_argument("--dycoke-l", type=int, default=DEFAULT_L, help="DyCoke: first layer of decode KV pruning")
+    group.add_argument("--dycoke-no-decode", action="store_true", help="DyCoke: TTM only, no decode-time KV pruning")
+    group.add_argument(
+        "--dycoke-full-span",
+        action="store_true",
+        help="DyCoke: rank every visual key at decode (the reference leaves out the last one)",
+    )
 
-@register("dycoke", add_args=_add_args, help="DyCoke token temporal merging of video frames (TTM only; video only)")
+
+@register("dycoke", add_args=_add_args, help="DyCoke temporal merging and decode-time KV selection (video only)")
 def _build(args, budget) -> DyCoke:
     k = getattr(args, "dycoke_k", None)
     order = getattr(args, "dycoke_order", "similarity")
+    decode = {
+        "p": None if getattr(args, "dycoke_no_decode", False) else getattr(args, "dycoke_p", DEFAULT_P),
+        "layer": getattr(args, "dycoke_l", DEFAULT_L),
+        "full_span": getattr(args, "dycoke_full_span", False),
+    }
     if k is None and budget.given:
-        return DyCoke(None, order, Budget(budget.tokens, budget.ratio))
-    return DyCoke(DEFAULT_K if k is None else k, order)
+        return DyCoke(None, order, Budget(budget.tokens, budget.ratio), **decode)
+    return DyCoke(DEFAULT_K if k is None else k, order, **decode)

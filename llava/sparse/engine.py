@@ -51,6 +51,44 @@ def _concat(parts: list[MergeLayout]) -> MergeLayout:
     )
 
 
+def _earlier_absorbed(tokens: MergeLayout, previous: list | None) -> dict[int, MergeLayout | None]:
+    """Block index -> what that merged token absorbed (`previous`: the block's list per merged token, or None)."""
+    old = torch.nonzero(tokens.view == MERGED).flatten().tolist()
+    return {i: None if previous is None else previous[k] for k, i in enumerate(old)}
+
+
+def absorbed_layouts(tokens: MergeLayout, earlier: dict, members: list) -> list[MergeLayout | None]:
+    """Per entry of `members` (indices into the block `tokens` of what one new merged token absorbed, or None),
+    the original tokens as one `MergeLayout` (an absorbed merged token expanded through `earlier`), or None."""
+    out = []
+    for index in members:
+        if index is None:
+            out.append(None)
+            continue
+        index = index.cpu().flatten()
+        nested = [earlier[i] for i in index.tolist() if earlier.get(i) is not None]
+        out.append(_concat([tokens.select(index[tokens.view[index] != MERGED])] + nested))
+    return out
+
+
+@dataclasses.dataclass
+class AbsorbedLayout(MergeLayout):
+    """The layout of a pre-LLM `Selection` that said what its merged tokens absorbed: `absorbed` holds, per merged
+    token in block order, the original tokens it absorbed (as `Stage.absorbed`, which the LLM's input stage takes
+    from here). Selecting tokens or appending merged ones keeps the list aligned."""
+
+    absorbed: list | None = None
+
+    def select(self, keep) -> AbsorbedLayout:
+        picked = torch.arange(len(self))[keep]
+        ordinal = torch.cumsum(self.view == MERGED, 0) - 1
+        absorbed = [self.absorbed[int(ordinal[i])] for i in picked.tolist() if int(self.view[i]) == MERGED]
+        return dataclasses.replace(super().select(keep), absorbed=absorbed)
+
+    def with_merged(self, count: int) -> AbsorbedLayout:
+        return dataclasses.replace(super().with_merged(count), absorbed=self.absorbed + [None] * count)
+
+
 def layouts_from_spans(
     image_spans: list[list[tuple[int, int]]], lengths: list[int], padded: int, tokens: list | None = None
 ) -> list[VisualLayout]:
@@ -129,7 +167,7 @@ class PrefillPlan:
         for account, layout in zip(self.accounts, layouts, strict=True):
             if layout.tokens is not None:
                 account.record_views(layout.tokens, final=False)
-                account.stages.append(Stage("input", layout.tokens))
+                account.stages.append(Stage("input", layout.tokens, getattr(layout.tokens, "absorbed", None)))
 
     # -- hooks the decoder loop calls ------------------------------------------------------------------------------
     def enter_layer(self, layer_idx: int, state: SequenceState) -> RowsRequest | None:
@@ -154,18 +192,9 @@ class PrefillPlan:
         original tokens it absorbed as a `MergeLayout` (a merged token it absorbed expanded through the previous
         stage), None where unknown; None when nothing is known at all."""
         stages = self.accounts[b].stages
-        previous = stages[-1].absorbed if stages else None
-        old = torch.nonzero(tokens.view == MERGED).flatten().tolist()
-        earlier = {i: None if previous is None else previous[k] for k, i in enumerate(old)}
+        earlier = _earlier_absorbed(tokens, stages[-1].absorbed if stages else None)
         out = [earlier[i] for i in kept.tolist() if i in earlier]
-        for k in range(count):
-            index = None if members is None else members[k]
-            if index is None:
-                out.append(None)
-                continue
-            index = index.cpu().flatten()
-            nested = [earlier[i] for i in index.tolist() if earlier.get(i) is not None]
-            out.append(_concat([tokens.select(index[tokens.view[index] != MERGED])] + nested))
+        out += absorbed_layouts(tokens, earlier, [None if members is None else members[k] for k in range(count)])
         return out if any(a is not None for a in out) else None
 
     @contextlib.contextmanager
@@ -308,10 +337,13 @@ class Selection:
     """What a pre-LLM method lets into the LLM from one image or clip when it does more than keep a subset: the
     layout of the tokens (kept ones with their provenance, merged ones as `MERGED`, in the order they enter the
     LLM) and their features (VisionZip's contextual tokens, PruMerge's weighted sums; in the space the hook ran in:
-    the tower's for `select_tokens`, the LLM's for `select_projected`)."""
+    the tower's for `select_tokens`, the LLM's for `select_projected`). `members` (optional, for the kept-token
+    pictures): per merged token of `tokens`, in order, the indices into the block the hook saw of the tokens it
+    absorbed (None where not said)."""
 
     tokens: MergeLayout
     features: torch.Tensor  # [len(tokens), C]
+    members: list[torch.Tensor | None] | None = None
 
 
 def apply_selection(tokens: MergeLayout, features: torch.Tensor, chosen) -> tuple[MergeLayout, torch.Tensor]:
@@ -322,7 +354,14 @@ def apply_selection(tokens: MergeLayout, features: torch.Tensor, chosen) -> tupl
     if isinstance(chosen, Selection):
         if len(chosen.tokens) != len(chosen.features):
             raise ValueError(f"A Selection of {len(chosen.tokens)} tokens came with {len(chosen.features)} features")
-        return chosen.tokens, chosen.features
+        if chosen.members is None:
+            return chosen.tokens, chosen.features
+        if len(chosen.members) != chosen.tokens.num_merged:
+            raise ValueError(f"{len(chosen.members)} members given for {chosen.tokens.num_merged} merged tokens")
+        earlier = _earlier_absorbed(tokens, getattr(tokens, "absorbed", None))
+        absorbed = absorbed_layouts(tokens, earlier, chosen.members)
+        fields = {f.name: getattr(chosen.tokens, f.name) for f in dataclasses.fields(MergeLayout)}
+        return AbsorbedLayout(**fields, absorbed=absorbed), chosen.features
     return tokens.select(chosen), features[chosen.to(features.device)]
 
 
@@ -334,6 +373,22 @@ def split_signals(signals, sizes: list[int]) -> list:
         parts = {key: value.split(sizes) for key, value in signals.items()}
         return [{key: parts[key][i] for key in signals} for i in range(len(sizes))]
     return list(signals.split(sizes))
+
+
+class DecodePlan:
+    """A method's per-generation object for the decode steps (`PruningMethod.decode_plan`): at each step the decoder
+    loop asks every layer for an attention-row request and an extra key mask; it never frees cache slots."""
+
+    def request(self, layer_idx: int, key_mask: torch.Tensor) -> RowsRequest | None:
+        """A `RowsRequest` for the new token's attention row at this layer (`key_mask` [B, K]: its valid keys)."""
+        return None
+
+    def take_row(self, layer_idx: int, request: RowsRequest) -> None:
+        """The request after the layer ran: `request.probs` [B, H, 1, K] holds the row."""
+
+    def key_mask(self, layer_idx: int) -> torch.Tensor | None:
+        """Bool [B, K] of keys this layer may attend to on top of the cache's own mask, or None for all."""
+        return None
 
 
 class PruningMethod:
@@ -351,6 +406,8 @@ class PruningMethod:
     # The anyres grid rule and merge this method's reference used (None: the checkpoint's; see llava.model.anyres)
     grid_rule: str | None = None
     merge_type: str | None = None
+    # VTC-Bench's downsampling baseline: each image shrunk by this factor before the processor (None: as given)
+    image_downsample: int | None = None
     nominal: int | None = None  # the model's nominal visual token count (llava.sparse.budget), set by `bind`
 
     def bind(self, nominal: int) -> None:
@@ -410,6 +467,11 @@ class PruningMethod:
         picked = chosen[tokens.view.clamp(min=0), tokens.patch.clamp(min=0)] & is_patch & (tokens.view >= 0)
         mask = (tokens.view == NEWLINE) | picked
         return torch.nonzero(mask).flatten()
+
+    def decode_plan(self, layouts: list[VisualLayout], length: int) -> DecodePlan | None:
+        """The decode-time plan after a prefill of padded `length` (cache slot i holds padded position i when no
+        layer pruned in the prefill), or None: the plain decode step, compiled if asked."""
+        return None
 
     def plan(self, layouts: list[VisualLayout], model, inputs) -> PrefillPlan:
         """The per-prefill object; `inputs` is the spliced `MultimodalInputs` (methods read embeddings there)."""

@@ -1,4 +1,4 @@
-"""Grid pooling of the visual tokens (spec `methods.md` §13), and the image downsampling baseline's resize.
+"""Grid pooling of the visual tokens (spec `methods.md` §13); the downsampling baseline is `llava.sparse.downsample`.
 
 `--method pool` averages each view's patch grid in 2-D, after the projector by default (LLaVA-OneVision's
 `get_2dPool`: `avg_pool2d` with kernel = stride) or before it (`--pool-stage pre_proj`; the projector's GELU makes
@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from llava.model.anyres import MERGED, MergeLayout, frames_layout
 from llava.sparse.budget import Budget
@@ -83,6 +82,26 @@ def pool_2d(
         top, left = torch.arange(h) * height // h, torch.arange(w) * width // w
     corner = (top[:, None] * width + left[None, :]).flatten()
     return pooled.permute(1, 2, 0).reshape(h * w, channels).to(grid.dtype), corner
+
+
+def pool_windows(
+    height: int, width: int, stride: int | None = None, shape: tuple[int, int] | None = None, ceil: bool = False
+) -> list[torch.Tensor]:
+    """The cells (raster indices into the height x width grid) each pooled token of `pool_2d` averages, in its
+    order: `stride` windows (partial edge windows only when `ceil`), or `adaptive_avg_pool2d`'s windows
+    [floor(i H / h), ceil((i + 1) H / h))."""
+    if stride is not None:
+        rows = [(r, min(r + stride, height)) for r in range(0, height if ceil else height - stride + 1, stride)]
+        cols = [(c, min(c + stride, width)) for c in range(0, width if ceil else width - stride + 1, stride)]
+    else:
+        h, w = shape
+        rows = [(i * height // h, -(-(i + 1) * height // h)) for i in range(h)]
+        cols = [(j * width // w, -(-(j + 1) * width // w)) for j in range(w)]
+    return [
+        (torch.arange(r0, r1)[:, None] * width + torch.arange(c0, c1)[None, :]).flatten()
+        for r0, r1 in rows
+        for c0, c1 in cols
+    ]
 
 
 class GridPooling(PruningMethod):
@@ -157,7 +176,7 @@ class GridPooling(PruningMethod):
             total = self.budget.count(len(tokens), self.nominal or len(tokens))
             count = max(1, round(total / tokens.num_views) - tokens.leading)
             shape = pool_grid(height, width, count)
-        index, pieces = [], []
+        index, pieces, members = [], [], []
         for v in range(tokens.num_views):
             start = v * per_view
             leading = torch.arange(start, start + tokens.leading)
@@ -166,18 +185,11 @@ class GridPooling(PruningMethod):
             corner = start + tokens.leading + corner
             index += [leading, corner if self.qwen else torch.full_like(corner, -1)]
             pieces += [rows[start : start + tokens.leading], pooled]
+            if not self.qwen:  # the pooled (merged) tokens absorbed their windows' cells
+                members += [start + tokens.leading + cells for cells in pool_windows(height, width, self.stride, shape)]
         pooled_layout = layout_from(tokens, torch.cat(index))
         self.record_flops(float(tokens.num_views * height * width * rows.shape[-1]))
-        return Selection(pooled_layout, torch.cat(pieces))
-
-
-def downsample_image(image: Image.Image, factor: int) -> Image.Image:
-    """VTC-Bench's downsampling baseline for dynamic-resolution models: the image resized to (w // r, h // r) with
-    bicubic resampling (before the processor; VTC-Bench also re-encodes it as JPEG)."""
-    if factor < 1:
-        raise ValueError(f"downsample factor {factor} must be at least 1")
-    width, height = image.size
-    return image.resize((max(1, width // factor), max(1, height // factor)), resample=Image.Resampling.BICUBIC)
+        return Selection(pooled_layout, torch.cat(pieces), None if self.qwen else members)
 
 
 def _add_args(group) -> None:

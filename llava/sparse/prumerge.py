@@ -196,7 +196,7 @@ class PruMerge(PruningMethod):
         attention, keys = signals["attention"], signals["keys"]
         views, per_view = features.shape[0], features.shape[1]
         budgets = [None] * views if self.budget is None else self.view_budgets(tokens)
-        index, rows, flops = [], [], 0.0
+        index, rows, members, flops = [], [], [], 0.0
         for v in range(views):
             patches = features[v, tokens.leading :]
             n, width = patches.shape
@@ -204,13 +204,16 @@ class PruMerge(PruningMethod):
             rows.append(prune_merge(patches, attention[v], keys[v], kept, self.neighbours))
             start = v * per_view + tokens.leading
             index += [start + kept, torch.tensor([-1])]
+            pruned = torch.ones(n, dtype=torch.bool)
+            pruned[kept] = False
+            members.append(start + torch.nonzero(pruned).flatten())  # the extra token sums the pruned patches
             neighbours = min(self.neighbours, n - 1)
             # the next layer's q (one row) and k projections, the [CLS] row, cosine similarities, weighted sums
             flops += 2.0 * width * width * (n + 2) + 2.0 * (n + 1) * width
             flops += 2.0 * len(kept) * n * width + 2.0 * (len(kept) * neighbours + n - len(kept)) * width
         layout = layout_from(tokens, torch.cat(index))
         self.record_flops(flops)
-        return Selection(layout, torch.cat(rows))
+        return Selection(layout, torch.cat(rows), members)
 
 
 def _add_args(group) -> None:

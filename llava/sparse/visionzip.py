@@ -83,34 +83,63 @@ def selected_layer_signals(tower, pixels: torch.Tensor) -> tuple[torch.Tensor, t
     return hidden, cls_row.view(*lead, tokens - 1), keys.view(*lead, tokens, attn.head_dim)
 
 
-def visionzip_tokens(
-    hidden: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """VisionZip on views [V, 1 + P, C] ([CLS] first): the dominant rows [V, dominant] (sorted, 0 = [CLS]) and the
-    contextual tokens [V, contextual, C] (float32), from the [CLS] row [V, P] and the head-mean keys [V, 1 + P, d]."""
-    views, tokens, _ = hidden.shape
+def contextual_groups(
+    cls_attention: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VisionZip's choice on views ([CLS] row [V, P], head-mean keys [V, 1 + P, d]): the dominant rows [V, dominant]
+    (sorted, 0 = [CLS]), the other rows in raster order [V, R], which of those are targets [R] and the target each
+    other one joins [V, R - contextual] (steps 1-2 of the module docstring)."""
+    views, tokens = keys.shape[:2]
     top = torch.topk(cls_attention, dominant - 1, dim=1).indices + 1
     dominant_rows = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1).sort(dim=1).values
-    if contextual == 0:
-        return dominant_rows, hidden.new_zeros((views, 0, hidden.shape[-1]), dtype=torch.float32)
-    rest = torch.ones((views, tokens), dtype=torch.bool, device=hidden.device)
+    rest = torch.ones((views, tokens), dtype=torch.bool, device=keys.device)
     rest.scatter_(1, dominant_rows, False)
     rest_rows = torch.nonzero(rest)[:, 1].view(views, tokens - dominant)  # raster order
     remaining = rest_rows.shape[1]
+    is_target = torch.zeros(remaining, dtype=torch.bool, device=keys.device)
+    if contextual == 0:
+        return dominant_rows, rest_rows, is_target, rest_rows[:, :0]
     metric = keys.gather(1, rest_rows[..., None].expand(-1, -1, keys.shape[-1]))
     metric = metric / metric.norm(dim=-1, keepdim=True)
     step = max(1, remaining // contextual)  # quirk: targets evenly spaced in the remaining list, not on the grid
-    is_target = torch.zeros(remaining, dtype=torch.bool, device=hidden.device)
-    is_target[torch.arange(0, remaining, step, device=hidden.device)[:contextual]] = True
+    is_target[torch.arange(0, remaining, step, device=keys.device)[:contextual]] = True
     similarity = metric[:, ~is_target] @ metric[:, is_target].transpose(1, 2)  # [V, members, targets]
-    assigned = similarity.argmax(dim=2)  # the first target on ties
+    return dominant_rows, rest_rows, is_target, similarity.argmax(dim=2)  # the first target on ties
+
+
+def contextual_states(
+    hidden: torch.Tensor, rest_rows: torch.Tensor, is_target: torch.Tensor, assigned: torch.Tensor
+) -> torch.Tensor:
+    """The contextual tokens [V, C, C_hidden] (float32) of `contextual_groups`' assignment on views [V, 1 + P, C]:
+    each target's state plus the mean of its members' (# quirk: the official code adds, it does not average)."""
+    if not bool(is_target.any()):
+        return hidden.new_zeros((hidden.shape[0], 0, hidden.shape[-1]), dtype=torch.float32)
     states = hidden.float().gather(1, rest_rows[..., None].expand(-1, -1, hidden.shape[-1]))
     members, targets = states[:, ~is_target], states[:, is_target]
     sums = torch.zeros_like(targets).scatter_add_(1, assigned[..., None].expand_as(members), members)
     counts = torch.zeros(targets.shape[:2], device=hidden.device).scatter_add_(
         1, assigned, torch.ones_like(members[..., 0])
     )
-    return dominant_rows, targets + sums / counts.clamp(min=1)[..., None]  # quirk: target + mean, not an average
+    return targets + sums / counts.clamp(min=1)[..., None]  # quirk: target + mean, not an average
+
+
+def contextual_members(rest_rows: torch.Tensor, is_target: torch.Tensor, assigned: torch.Tensor) -> list[list]:
+    """Per view, per contextual token: the rows of the view it absorbed (its target, then its members)."""
+    targets, others = rest_rows[:, is_target].cpu(), rest_rows[:, ~is_target].cpu()
+    assigned = assigned.cpu()
+    return [
+        [torch.cat([targets[v, j : j + 1], others[v, assigned[v] == j]]) for j in range(targets.shape[1])]
+        for v in range(len(rest_rows))
+    ]
+
+
+def visionzip_tokens(
+    hidden: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip on views [V, 1 + P, C] ([CLS] first): the dominant rows [V, dominant] (sorted, 0 = [CLS]) and the
+    contextual tokens [V, contextual, C] (float32), from the [CLS] row [V, P] and the head-mean keys [V, 1 + P, d]."""
+    dominant_rows, rest_rows, is_target, assigned = contextual_groups(cls_attention, keys, dominant, contextual)
+    return dominant_rows, contextual_states(hidden, rest_rows, is_target, assigned)
 
 
 class VisionZip(PruningMethod):
@@ -182,14 +211,17 @@ class VisionZip(PruningMethod):
             return None
         dominant, contextual = split
         hidden = features if tokens.leading else torch.cat([signals["cls"][:, None], features], dim=1)
-        rows, merged = visionzip_tokens(hidden, signals["cls_attention"], signals["keys"], dominant, contextual)
+        rows, rest_rows, is_target, assigned = contextual_groups(
+            signals["cls_attention"], signals["keys"], dominant, contextual
+        )
+        merged = contextual_states(hidden, rest_rows, is_target, assigned)
         views, count, width = hidden.shape
         members = count - dominant - contextual
         # the [CLS] row (q.k over all heads), member-target key cosines, then the sums and means of the states
         flops = views * (
             2.0 * count * width + 2.0 * members * contextual * signals["keys"].shape[-1] + 2.0 * members * width
         )
-        pieces = _Pieces(tokens, hidden, merged.to(hidden.dtype))
+        pieces = _Pieces(tokens, hidden, merged.to(hidden.dtype), contextual_members(rest_rows, is_target, assigned))
         # quirk (LLaVA-NeXT, the official layout): base [CLS, dominant, contextual], then the crops' dominant patches
         # on the whole crop grid, then every crop's [CLS], then every crop's contextual tokens
         crops = tokens.num_views > 1 and tokens.grid != (0, 0)
@@ -211,14 +243,15 @@ class VisionZip(PruningMethod):
 class _Pieces:
     """VisionZip's output block, piece by piece: provenance (view, patch, row, col) and tower features."""
 
-    def __init__(self, tokens: MergeLayout, hidden: torch.Tensor, merged: torch.Tensor) -> None:
-        self.tokens, self.hidden, self.merged_states = tokens, hidden, merged
+    def __init__(self, tokens: MergeLayout, hidden: torch.Tensor, merged: torch.Tensor, groups: list[list]) -> None:
+        self.tokens, self.hidden, self.merged_states, self.groups = tokens, hidden, merged, groups
         patches = hidden.shape[1] - 1
         is_patch = (tokens.view >= 0) & (tokens.patch >= 0)
         self.position = torch.full((tokens.num_views, patches), -1, dtype=torch.long)  # (view, patch) -> block index
         self.position[tokens.view[is_patch], tokens.patch[is_patch]] = torch.nonzero(is_patch).flatten()
         self.layout: list[torch.Tensor] = []  # [4, n] per piece
         self.features: list[torch.Tensor] = []
+        self.members: list[torch.Tensor] = []  # per contextual token: the block indices of the patches it absorbed
 
     def cls(self, v: int) -> None:
         self.layout.append(torch.tensor([[v], [-1], [-1], [-1]]))
@@ -236,6 +269,7 @@ class _Pieces:
         count = self.merged_states.shape[1]
         self.layout.append(torch.full((4, count), MERGED))
         self.features.append(self.merged_states[v])
+        self.members += [self.position[v, rows - 1] for rows in self.groups[v]]  # rows count the [CLS] first
 
     def _from_block(self, index: torch.Tensor) -> None:
         t = self.tokens
@@ -247,7 +281,7 @@ class _Pieces:
     def selection(self) -> Selection:
         view, patch, row, col = torch.cat(self.layout, dim=1)
         layout = dataclasses.replace(self.tokens, view=view, patch=patch, row=row, col=col)
-        return Selection(layout, torch.cat(self.features))
+        return Selection(layout, torch.cat(self.features), self.members)
 
 
 def _add_args(group) -> None:

@@ -61,6 +61,7 @@ class DecoderCache:
         self.segment_of: list[CacheSegment] = []  # per layer
         self.segment_index: list[int] = []  # per layer, its segment's index (plain ints: compiled code guards on them)
         self.decoding = False
+        self.decode_plan = None  # a pruning method's `DecodePlan` for the decode steps (None: none)
 
     # -- prefill ------------------------------------------------------------------------------------------------
     def add_segment(self, token_mask: torch.Tensor, next_position: torch.Tensor) -> CacheSegment:

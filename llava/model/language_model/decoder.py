@@ -160,10 +160,13 @@ class DecoderLoop:
             cache.finish_prefill()
         return self.text_model.norm(hidden)
 
-    def step(self, hidden: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def step(self, hidden: torch.Tensor, cache: DecoderCache, plan=None) -> torch.Tensor:
         """One decode step of one new token per sample (`hidden` [B, 1, D], their embeddings) over the cache's
         fixed-size buffers; returns the final-norm hidden states [B, 1, D]. Fixed shapes, no host syncs: the
-        caller may compile it (`LlavaLlamaForCausalLM.compile_decode`)."""
+        caller may compile it (`LlavaLlamaForCausalLM.compile_decode`).
+
+        `plan` (a `llava.sparse.engine.DecodePlan`, None for none) may ask for the new token's attention row at a
+        layer and narrow the keys of a layer with an extra per-sample key mask; it is run uncompiled."""
         inputs = []
         for segment in cache.segments:  # the new token's slot becomes a valid key; its mask, positions, rotary
             segment.key_mask.index_fill_(1, segment.slot, True)
@@ -181,6 +184,16 @@ class DecoderLoop:
             if devices is not None and devices[idx] != hidden.device:
                 hidden = hidden.to(devices[idx])
             mask, positions, position_embeddings = inputs[cache.segment_index[idx]]
+            request, extra = None, {}
+            if plan is not None:
+                key_mask = cache.segment_of[idx].key_mask
+                keep = plan.key_mask(idx)
+                if keep is not None:
+                    keep = keep.to(key_mask.device)  # a no-op on one device
+                    mask = static_attention_mask(self.attn_implementation, key_mask & keep, hidden.dtype)
+                request = plan.request(idx, key_mask)
+                if request is not None:
+                    extra = {"rows_request": request}
             hidden = layer(
                 hidden,
                 attention_mask=mask,
@@ -188,7 +201,10 @@ class DecoderLoop:
                 past_key_values=cache,
                 use_cache=True,
                 position_embeddings=position_embeddings,
+                **extra,
             )
+            if request is not None:
+                plan.take_row(idx, request)
         for segment in cache.segments:
             segment.advance()
         return self.text_model.norm(hidden)

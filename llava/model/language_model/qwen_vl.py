@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llava.mm_utils import downsampled_size
 from llava.model.anyres import MergeLayout, grid_layout
 from llava.model.config import TextShape
 from llava.model.llava_arch import EncodedImage, MultimodalInputs, splice_image_features
@@ -217,6 +218,7 @@ class QwenVLConfig(TextShape):
     max_pixels: int
     pruning_grid_rule: str | None = None
     pruning_merge_type: str | None = None
+    pruning_image_downsample: int | None = None  # the downsampling baseline's factor (`set_pruning`)
     # fixed for this family: LLaVA fields the generators read
     mm_use_im_start_end: bool = False
     image_aspect_ratio: str = "qwen"
@@ -308,8 +310,11 @@ class QwenVLForCausalLM(VisionLanguageModel):
         return None
 
     def image_grid(self, image_size) -> tuple[int, int]:
-        """(rows, columns) of LLM tokens of an image of `image_size` (width, height)."""
+        """(rows, columns) of LLM tokens of an image of `image_size` (width, height), as given to `process_images`
+        (which shrinks it first under the downsampling baseline)."""
         width, height = (int(x) for x in image_size)
+        if self.config.pruning_image_downsample is not None:
+            width, height = downsampled_size((width, height), self.config.pruning_image_downsample)
         h, w = smart_resize(height, width, self.config.min_pixels, self.config.max_pixels)
         return h // (PATCH * MERGE), w // (PATCH * MERGE)
 
