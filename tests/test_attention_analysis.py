@@ -57,10 +57,11 @@ def brute_force_profiles(attention: torch.Tensor, start: int, visual: int) -> di
     out = {kind: torch.zeros(visual, dtype=torch.float64) for kind in ("full", "image", "text", "last")}
     for j in range(visual):
         key = start + j
-        image_seen = [q for q in image_queries if q >= key]  # causal: query q sees key only if q >= key
-        all_seen = image_seen + [q for q in text_queries if q >= key]
-        out["full"][j] = sum(a[q, key] for q in all_seen) / len(all_seen)
-        out["image"][j] = sum(a[q, key] for q in image_seen) / len(image_seen)
+        # causal: query q sees key only if q >= key, so the image queries that see it are key..end of the image
+        image_seen = a[key : image_queries.stop, key]
+        text_seen = a[text_queries.start :, key]  # every text query comes after every image token
+        out["full"][j] = (image_seen.sum() + text_seen.sum()) / (len(image_seen) + len(text_seen))
+        out["image"][j] = image_seen.mean()
         out["text"][j] = a[start + visual : length - 1, key].mean()
         out["last"][j] = a[length - 1, key]
     return out
@@ -336,3 +337,67 @@ def test_both_clis_on_qwen_vl(tiny_qwen, question_set, tmp_path):
     result = json.loads((tmp_path / "d" / "attn_dispersion.json").read_text())
     assert list(result["sources"]) == ["last"] and result["sources"]["last"]["num_samples"] == 2
     _assert_png(tmp_path / "d" / "attn_dispersion.png", (1000, 420))
+
+
+def test_clis_on_video_llava_clips_and_the_qwen_cls_note(tmp_path, tiny_qwen):
+    """Video questions on a tiny Video-LLaVA: profiles over the clip's 8 frames, its video tower's per-frame [CLS]
+    rows; Qwen2.5-VL's JSON says why it has no [CLS] profile."""
+    from llava.analysis.attention import NO_CLS_NOTE
+    from llava.testing.video_llava import write_tiny_video_llava
+    from llava.testing.videos import synthetic_frames, write_video
+
+    checkpoint = write_tiny_video_llava(tmp_path / "video", seed=1)
+    write_video(tmp_path / "a.mp4", synthetic_frames(16, 96, 64))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 0, "video": "a.mp4", "text": "What moves?"}) + "\n")
+    common = ["--question-file", str(questions), "--image-folder", str(tmp_path), "--device", "cpu"]
+    analyze_attn_shift.main(["--model-path", str(checkpoint), *common, "--layers", "0", "--out", str(tmp_path / "s")])
+    result = json.loads((tmp_path / "s" / "attn_shift.json").read_text())
+    patches = len(result["cls"])
+    assert result["num_visual_tokens"] == 8 * (patches + 1) and "cls_note" not in result  # 8 x ([CLS] + patches)
+    assert all(len(result["layers"]["0"][kind]) == result["num_visual_tokens"] for kind in ("full", "last"))
+    _assert_png(tmp_path / "s" / "shift_layer_00.png", (1600, 700))
+    analyze_attn_dispersion.main(["--model-path", str(checkpoint), *common, "--out", str(tmp_path / "d")])
+    result = json.loads((tmp_path / "d" / "attn_dispersion.json").read_text())
+    assert result["sources"]["cls"]["num_samples"] == 8 and result["sources"]["last"]["num_samples"] == 1
+    _assert_png(tmp_path / "d" / "attn_dispersion.png", (1500, 420))
+    images = tmp_path / "images"
+    images.mkdir()
+    random_image(0, size=(80, 60)).save(images / "0.png")
+    questions.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "What is it?"}) + "\n")
+    qwen = ["--model-path", str(tiny_qwen), "--question-file", str(questions), "--image-folder", str(images)]
+    analyze_attn_shift.main([*qwen, "--device", "cpu", "--layers", "0", "--out", str(tmp_path / "qs")])
+    result = json.loads((tmp_path / "qs" / "attn_shift.json").read_text())
+    assert result["cls"] is None and result["cls_note"] == NO_CLS_NOTE
+    analyze_attn_dispersion.main([*qwen, "--device", "cpu", "--out", str(tmp_path / "qd")])
+    result = json.loads((tmp_path / "qd" / "attn_dispersion.json").read_text())
+    assert list(result["sources"]) == ["last"] and result["cls_note"] == NO_CLS_NOTE
+
+
+def test_shift_profiles_match_transformers_eager_attention_on_llava_next(loaded_next, tiny_next_hf):
+    """The same brute-force parity on LLaVA-NeXT (anyres views, unpadded crop grid, newline tokens)."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import process_images
+
+    reference = LlavaNextForConditionalGeneration.from_pretrained(
+        str(tiny_next_hf), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    tokenizer, model, processor, _ = loaded_next
+    ids = prompt_ids(tokenizer, QUESTION)
+    image = random_image(4, (640, 480))
+    px = process_images([image], processor, model.config)
+    sample = shift_sample(model, ids[None], px, image_sizes=[image.size])
+    start = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+    image_ids = torch.full((sample.visual,), reference.config.image_token_index)
+    hf_ids = torch.cat([ids[:start], image_ids, ids[start + 1 :]])
+    with torch.no_grad():
+        out = reference(
+            input_ids=hf_ids[None], pixel_values=px, image_sizes=torch.tensor([[480, 640]]), output_attentions=True
+        )
+    assert sample.visual > 576 and sample.tokens.num_newlines > 0  # base view, unpadded crops, newline tokens
+    for layer, attention in enumerate(out.attentions):
+        expected = brute_force_profiles(attention[0], start, sample.visual)
+        for kind, values in expected.items():
+            torch.testing.assert_close(sample.profiles[layer][kind], values, atol=1e-5, rtol=0, msg=f"{layer} {kind}")

@@ -1,7 +1,7 @@
 """FasterVLM's attention-dispersion analysis: the vision tower's [CLS] attention vs the last prompt token's attention
 over the visual tokens at one decoder layer (default 1, i.e. the second layer, where FastV scores), as the averaged
 sorted-cumulative attention mass (CDF) and the histogram of max-normalised attention values, over the first
---num-samples image questions. Writes `attn_dispersion.json` and `attn_dispersion.png` into --out. See
+--num-samples image (or video) questions. Writes `attn_dispersion.json` and `attn_dispersion.png` into --out. See
 `llava.analysis.attention` for the definitions and how the attention row is computed."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llava.analysis.attention import (
+    NO_CLS_NOTE,
     DispersionAccumulator,
     add_analysis_args,
     cls_attention,
@@ -46,19 +47,21 @@ def main(argv: list[str] | None = None) -> Path:
     if not 0 <= args.layer < num_layers:
         parser.error(f"--layer {args.layer}: the model has decoder layers 0..{num_layers - 1}")
     acc, skipped = DispersionAccumulator(args.bins), []
-    for sample, ids, pixels, sizes in tqdm(
+    for sample, ids, media in tqdm(
         iter_inputs(args, samples, tokenizer, model, image_processor), total=len(samples), desc="attention dispersion"
     ):
         if ids is None:
             skipped.append(sample.id)
             continue
-        acc.add("last", last_token_attention(model, ids, pixels, args.layer, sizes))
-        cls = cls_attention(model, pixels)
+        acc.add("last", last_token_attention(model, ids, layer=args.layer, **media))
+        cls = cls_attention(model, **media)
         for view in [] if cls is None else cls:
             acc.add("cls", view)
     if not acc.count:
         sys.exit("no sample could be analysed (every image failed to open)")
     result = acc.result()
+    if "cls" not in acc.count:
+        result["cls_note"] = NO_CLS_NOTE
     result.update(
         model_path=args.model_path,
         question_file=args.question_file,
@@ -74,4 +77,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.cli import run_cli
+
+    run_cli(main)

@@ -1,8 +1,9 @@
 """FasterVLM's attention-shift analysis: per decoder layer, the LLM's attention over the visual tokens as four
 per-key profiles (full / image queries / text queries / last token, causal-visibility normalised), averaged over the
-first --num-samples image questions, next to the vision tower's [CLS] attention. Writes `attn_shift.json` (the
-numbers), `attn_shift.png` (overview), `shift_layer_XX.png` (bars + heat maps per layer) and `shift_cls.png` into
---out. See `llava.analysis.attention` for the definitions and how the attention rows are computed."""
+first --num-samples image (or video) questions, next to the vision tower's [CLS] attention. Writes
+`attn_shift.json` (the numbers), `attn_shift.png` (overview), `shift_layer_XX.png` (bars + heat maps per layer) and
+`shift_cls.png` into --out. See `llava.analysis.attention` for the definitions and how the attention rows are
+computed."""
 
 from __future__ import annotations
 
@@ -55,13 +56,13 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as err:
         parser.error(str(err))
     acc, skipped = ShiftAccumulator(), []
-    for sample, ids, pixels, sizes in tqdm(
+    for sample, ids, media in tqdm(
         iter_inputs(args, samples, tokenizer, model, image_processor), total=len(samples), desc="attention shift"
     ):
         if ids is None:
             skipped.append(sample.id)
             continue
-        acc.add(shift_sample(model, ids, pixels, sizes, layers))
+        acc.add(shift_sample(model, ids, layers=layers, **media))
     if not acc.count:
         sys.exit("no sample could be analysed (every image failed to open)")
     result = acc.result()
@@ -76,4 +77,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.cli import run_cli
+
+    run_cli(main)

@@ -122,7 +122,7 @@ class _ProbePlan(PrefillPlan):
         return state
 
 
-def _probe(model, input_ids, images, image_sizes, layers, rows: str) -> dict:
+def _probe(model, input_ids, images, image_sizes, layers, rows: str, videos=None) -> dict:
     method = model.pruning
     if type(method).plan is not PruningMethod.plan:
         raise ValueError(
@@ -137,15 +137,30 @@ def _probe(model, input_ids, images, image_sizes, layers, rows: str) -> dict:
     method.plan = plan  # this instance only, for this prefill
     try:
         with torch.no_grad():
-            model.prefill(input_ids, images=images, use_cache=False, image_sizes=image_sizes)
+            model.prefill(input_ids, images=images, use_cache=False, image_sizes=image_sizes, videos=videos)
     finally:
         del method.plan
     return records
 
 
-def cls_attention(model, images) -> torch.Tensor | None:
-    """The tower's [CLS] attention over the patches of every view: [views, P] float64, or None for a tower without
-    a [CLS] row (Qwen-VL)."""
+NO_CLS_NOTE = (
+    "no [CLS] profile: this model's vision tower has no [CLS] token (Qwen-VL's tower ends in a patch merger), so "
+    "FasterVLM's [CLS] attention does not apply; the LLM's own profiles are complete"
+)
+
+
+def cls_attention(model, images=None, image_sizes=None, videos=None) -> torch.Tensor | None:
+    """The tower's [CLS] attention over the patches of every view (a Video-LLaVA clip: every frame, from its video
+    tower): [views, P] float64, or None for a tower without a [CLS] row (Qwen-VL; see `NO_CLS_NOTE`).
+    `image_sizes` is accepted for symmetry with the prefill's arguments and not needed."""
+    if videos is not None:
+        tower = getattr(getattr(model, "model", None), "video_tower", None)
+        if tower is None or not hasattr(tower, "forward_with_cls_attention"):
+            return None
+        clips = torch.stack([clip.to(tower.device, tower.dtype) for clip in videos])
+        with torch.no_grad():
+            _, row = tower.forward_with_cls_attention(clips)
+        return row.flatten(0, 1).double().cpu()  # [clips * frames, P]
     tower = model.get_vision_tower()
     if tower is None or not hasattr(tower, "forward_with_cls_attention"):
         return None
@@ -166,33 +181,36 @@ class ShiftSample:
     tokens: MergeLayout | None = None  # where each visual token came from (the engine's provenance)
 
 
-def shift_sample(model, input_ids, images, image_sizes=None, layers=None) -> ShiftSample:
-    """One sample's attention-shift profiles at `layers` (default: all decoder layers) and its [CLS] row."""
+def shift_sample(model, input_ids, images=None, image_sizes=None, layers=None, videos=None) -> ShiftSample:
+    """One sample's attention-shift profiles at `layers` (default: all decoder layers) and its [CLS] row; an image
+    (`images`) or a clip (`videos`, one clip as the model's `load_video` gives it)."""
     num_layers = model.config.text_config.num_hidden_layers
     layers = list(range(num_layers)) if layers is None else list(layers)
-    records = _probe(model, input_ids, images, image_sizes, layers, "all")
+    records = _probe(model, input_ids, images, image_sizes, layers, "all", videos)
     visual, tokens = records.pop("visual"), records.pop("tokens")
-    return ShiftSample(records, visual, cls_attention(model, images), tokens)
+    return ShiftSample(records, visual, cls_attention(model, images, videos=videos), tokens)
 
 
-def last_token_attention(model, input_ids, images, layer: int, image_sizes=None) -> torch.Tensor:
+def last_token_attention(model, input_ids, images=None, layer: int = 1, image_sizes=None, videos=None) -> torch.Tensor:
     """The last prompt token's head-averaged attention over the visual tokens at decoder layer `layer`: [V]."""
-    records = _probe(model, input_ids, images, image_sizes, [layer], "last")
+    records = _probe(model, input_ids, images, image_sizes, [layer], "last", videos)
     return records[layer]
 
 
 def patch_cells(tokens: MergeLayout | None) -> dict[str, tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
     """Where each visual token sits on its image's patch grid, from the engine's provenance: grid name -> (shape,
     token indices, flat cell indices). One grid "image" for a single view (LLaVA-1.5: 24 x 24; Qwen-VL: its merged
-    grid); LLaVA-NeXT: "base" (the downsized view) and "crops" (the full high-res crop grid, unpadded cells absent).
-    Newline and merged tokens sit on no cell. Empty without provenance."""
+    grid); a clip: "frame v" per frame (Qwen-VL: per frame pair); LLaVA-NeXT: "base" (the downsized view) and
+    "crops" (the full high-res crop grid, unpadded cells absent). Newline and merged tokens sit on no cell. Empty
+    without provenance."""
     if tokens is None:
         return {}
     view, row, col = tokens.view, tokens.row, tokens.col
-    if tokens.grid_hw is not None:
-        grids = {"image": (tuple(tokens.grid_hw), view == 0)}
-    elif tokens.num_views <= 1:
-        grids = {"image": ((tokens.side, tokens.side), view == 0)}
+    shape = tuple(tokens.grid_hw) if tokens.grid_hw is not None else (tokens.side, tokens.side)
+    if tokens.num_views <= 1:
+        grids = {"image": (shape, view == 0)}
+    elif tokens.grid_hw is not None or tokens.grid == (0, 0):  # a clip: one grid per frame (Qwen: frame pair)
+        grids = {f"frame {v}": (shape, view == v) for v in range(tokens.num_views)}
     else:
         columns, rows = tokens.grid
         grids = {
@@ -280,6 +298,7 @@ class ShiftAccumulator:
                 for layer, sums in sorted(self.sums.items())
             },
             "cls": None if self.cls_sum is None else (self.cls_sum / self.cls_count).tolist(),
+            **({"cls_note": NO_CLS_NOTE} if self.cls_sum is None else {}),
             "maps": _nan_to_none(
                 {
                     str(layer): {
@@ -337,13 +356,15 @@ class DispersionAccumulator:
 class Sample:
     id: str
     text: str
-    image: Path
+    image: Path | None
+    video: Path | None = None  # a clip instead of an image (video checkpoints)
 
 
 def read_samples(question_file: str | os.PathLike, image_folder: str | os.PathLike, num_samples: int | None):
-    """The first `num_samples` image questions of a question file: LLaVA's jsonl {question_id, image, text}, or a
-    conversation file (json list or jsonl; {id, image, conversations}, the first human turn is the prompt, as in
-    FasterVLM's llava_v1_5_mix1k.jsonl). Entries without an image are skipped."""
+    """The first `num_samples` image (or video) questions of a question file: LLaVA's jsonl {question_id, image,
+    text}, or a conversation file (json list or jsonl; {id, image, conversations}, the first human turn is the
+    prompt, as in FasterVLM's llava_v1_5_mix1k.jsonl); a `video` field instead of `image` names a clip (video
+    checkpoints). Entries with neither are skipped."""
     path = Path(question_file)
     if not path.is_file():
         raise FileNotFoundError(f"--question-file {path}: no such file")
@@ -361,7 +382,7 @@ def read_samples(question_file: str | os.PathLike, image_folder: str | os.PathLi
                     raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
     samples = []
     for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not row.get("image"):
+        if not isinstance(row, dict) or not (row.get("image") or row.get("video")):
             continue
         if "text" in row:
             prompt = row["text"]
@@ -372,13 +393,18 @@ def read_samples(question_file: str | os.PathLike, image_folder: str | os.PathLi
             prompt = human[0]["value"]
         else:
             raise ValueError(f"{path}, entry {number}: needs a 'text' or a 'conversations' field")
-        prompt = prompt.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
-        image = row["image"][0] if isinstance(row["image"], list) else row["image"]
-        samples.append(Sample(str(row.get("question_id", row.get("id", number))), prompt, Path(image_folder) / image))
+        for token in ("<image>", "<video>"):
+            prompt = prompt.replace(f"{token}\n", "").replace(f"\n{token}", "").replace(token, "").strip()
+        sample_id = str(row.get("question_id", row.get("id", number)))
+        if row.get("image"):
+            image = row["image"][0] if isinstance(row["image"], list) else row["image"]
+            samples.append(Sample(sample_id, prompt, Path(image_folder) / image))
+        else:
+            samples.append(Sample(sample_id, prompt, None, Path(image_folder) / row["video"]))
         if num_samples is not None and len(samples) >= num_samples:
             break
     if not samples:
-        raise ValueError(f"--question-file {path}: no entry with an image")
+        raise ValueError(f"--question-file {path}: no entry with an image or a video")
     return samples
 
 
@@ -405,12 +431,14 @@ def add_analysis_args(parser: argparse.ArgumentParser) -> None:
 
 
 def iter_inputs(args, samples, tokenizer, model, image_processor):
-    """(sample, input_ids [1, T], pixels, image_sizes) per sample whose image opens; unreadable images are reported
-    on stderr and skipped."""
+    """(sample, input_ids [1, T], media) per sample, `media` the prefill's visual keyword arguments ({images,
+    image_sizes} or, for a video question, {videos}); a sample whose image or clip cannot be read is reported on
+    stderr and comes with None for both."""
     import sys
 
     from PIL import Image
 
+    from llava.constants import DEFAULT_VIDEO_TOKEN
     from llava.conversation import get_conv_template, resolve_conv_mode
     from llava.mm_utils import get_model_name_from_path, image_token, process_images, to_device, tokenizer_image_token
 
@@ -419,18 +447,26 @@ def iter_inputs(args, samples, tokenizer, model, image_processor):
     mode_cfg = model.config if aspect in ("anyres", "qwen") else argparse.Namespace(image_aspect_ratio=aspect)
     for sample in samples:
         try:
-            with Image.open(sample.image) as img:
-                image = img.convert("RGB")
-        except (OSError, ValueError) as err:
-            print(f"[skip] {sample.id}: image {sample.image} could not be read ({err})", file=sys.stderr)
-            yield sample, None, None, None
+            if sample.video is not None:
+                clip = model.load_video(str(sample.video), image_processor)
+                clip = clip.to(model.input_device, model.dtype) if isinstance(clip, torch.Tensor) else clip
+                media, token = {"videos": [clip]}, DEFAULT_VIDEO_TOKEN
+            else:
+                with Image.open(sample.image) as img:
+                    image = img.convert("RGB")
+                pixels = to_device(process_images([image], image_processor, mode_cfg), model.input_device, model.dtype)
+                media = {"images": pixels, "image_sizes": [image.size]}
+                token = image_token(model.config.mm_use_im_start_end)
+        except (OSError, ValueError, RuntimeError) as err:
+            what = f"video {sample.video}" if sample.video is not None else f"image {sample.image}"
+            print(f"[skip] {sample.id}: {what} could not be read ({err})", file=sys.stderr)
+            yield sample, None, None
             continue
         conv = get_conv_template(conv_mode)
-        conv.append_message(conv.roles[0], image_token(model.config.mm_use_im_start_end) + "\n" + sample.text)
+        conv.append_message(conv.roles[0], token + "\n" + sample.text)
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-        pixels = to_device(process_images([image], image_processor, mode_cfg), model.input_device, model.dtype)
-        yield sample, ids, pixels, [image.size]
+        yield sample, ids, media
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
