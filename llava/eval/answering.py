@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -125,6 +126,19 @@ def image_opener(path: Path, convert_rgb: bool = True) -> Callable[[], Image.Ima
     return open_image
 
 
+def question_seed(seed: int, question_id, prompt: str) -> int:
+    """A 63-bit sampling seed that depends on exactly (seed, question id, prompt): each answer draws from its own
+    generator, so a resumed, re-chunked, re-batched or sharded run samples the same answers as one whole run."""
+    key = "\0".join((str(seed), str(question_id), prompt)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
+
+
+def question_generator(seed: int, question: Question, device) -> torch.Generator:
+    """The sampling generator of one question (unused by greedy decoding)."""
+    seed = question_seed(seed, question.record.get("question_id"), question.text)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def generate_answers(questions: list[Question], args: argparse.Namespace, loaded=None) -> Path:
     """Answer this process's chunk of `questions` into args.answers_file (resuming); returns the file."""
     distributed_chunk(args)
@@ -140,7 +154,6 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     mode = image_mode(args, model.config)
     args.conv_mode = args.conv_mode or getattr(model.config, "conv_mode", None) or "llava_v1"
     method = model.pruning.describe()
-    generator = torch.Generator(device=model.device).manual_seed(args.seed)
     from tqdm import tqdm
 
     progress = tqdm(
@@ -153,7 +166,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     with writer:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
-            results = _answer_batch(batch, args, tokenizer, model, image_processor, mode, generator)
+            results = _answer_batch(batch, args, tokenizer, model, image_processor, mode)
             for question, (text, metadata, error) in zip(batch, results, strict=True):
                 record = {
                     **question.record,
@@ -170,7 +183,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     return Path(args.answers_file)
 
 
-def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generator):
+def _answer_batch(batch, args, tokenizer, model, image_processor, mode):
     """(text, metadata, error) per question; questions whose image cannot be read fail alone."""
     results: list = [None] * len(batch)
     ready, images, videos = [], [], []
@@ -235,7 +248,7 @@ def _answer_batch(batch, args, tokenizer, model, image_processor, mode, generato
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
             repetition_penalty=penalty,
-            generator=generator,
+            generator=[question_generator(args.seed, batch[i], model.device) for i in group],
         )
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)
         for i, text, account in zip(group, texts, model.last_accounts, strict=True):

@@ -389,4 +389,6 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failures"] else 0)
+    from llava.cli import run_cli
+
+    sys.exit(1 if run_cli(main)["failures"] else 0)

@@ -115,4 +115,6 @@ def main(argv: list[str] | None = None) -> dict | Path:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.cli import run_cli
+
+    run_cli(main)

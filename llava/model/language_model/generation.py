@@ -42,7 +42,7 @@ def generate(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     streamer=None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
     repetition_penalty: float | None = None,
     videos=None,
@@ -51,7 +51,8 @@ def generate(
 
     `repetition_penalty` (default: the checkpoint's generation config, 1.05 for Qwen-VL, else 1.0) divides the
     positive and multiplies the negative logits of every token already in the prompt or the answer, as
-    transformers' `RepetitionPenaltyLogitsProcessor` does (an image counts as its image token)."""
+    transformers' `RepetitionPenaltyLogitsProcessor` does (an image counts as its image token). `generator` may be one
+    generator per sample, so that a sample's draws do not depend on the rest of its batch."""
     if num_beams != 1:
         raise ValueError("num_beams > 1 is not supported (every LLaVA evaluation script uses num_beams=1)")
     if not use_cache:
@@ -90,7 +91,11 @@ def generate(
                 logits = torch.where(seen, penalised, logits)
             if sampling:
                 probs = _filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-                next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                if isinstance(generator, (list, tuple)):  # one generator per sample: rows sample independently
+                    rows = zip(probs, generator, strict=True)
+                    next_tokens = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in rows])
+                else:
+                    next_tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
             else:
                 next_tokens = logits.argmax(-1)
             next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
