@@ -242,3 +242,50 @@ def test_cls_loss_by_hand():
     off_content = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
     worse, mass = train_tiny.cls_loss(head, torch.ones(1, 4), off_content, patches)
     assert worse.item() == pytest.approx(math.log(2) - math.log(0.1), abs=1e-6) and mass.item() == pytest.approx(0.2)
+
+
+TOY = ["--batch", "2", "--turns", "2", "--hidden", "32", "--intermediate", "64", "--vision-hidden", "32"]
+
+
+def test_continued_run_starts_from_the_saved_weights_and_trains_on_pruned_blocks(trained, tmp_path):
+    """`--init-from` loads the saved run (the same held-out answers before any step), and `--prune-augment 1` trains
+    on randomly shortened visual blocks; what it writes loads."""
+    import torch
+
+    out = tmp_path / "continued"
+    args = ["--init-from", str(trained), "--out", str(out), "--steps", "1", "--threads", "1", *TOY]
+    train_tiny.main([*args, "--prune-augment", "1", "--prune-sizes", "8", "--lr", "0", "--eval-every", "100"])
+    log = (out / "train_log.txt").read_text()
+    assert "done: 1 steps" in log and " grow: " not in log  # all 20 layers from the start
+    before = load_pretrained_model(str(trained / train_tiny.MODEL_DIR), device="cpu", pruning=None)[1]
+    after = load_pretrained_model(str(out / train_tiny.MODEL_DIR), device="cpu", pruning=None)[1]
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # learning rate 0: the continued run saved exactly what it loaded
+    assert (out / train_tiny.MODEL_DIR / "tokenizer.json").read_bytes() == (
+        trained / train_tiny.MODEL_DIR / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_keeping_every_patch_is_the_unpruned_forward(trained):
+    """`kept` = all 576 patches in order gives the unpruned logits; a subset shortens the block the LLM sees."""
+    import random
+
+    import torch
+
+    from llava.model.builder import load_tokenizer
+    from llava.model.multimodal_encoder.image_processor import CLIPImagePreprocessor
+
+    _, model, _, _ = load_pretrained_model(str(trained / train_tiny.MODEL_DIR), device="cpu", pruning=None)
+    tokenizer = load_tokenizer(trained / train_tiny.MODEL_DIR)
+    processor = CLIPImagePreprocessor(size=336, crop_size=336)
+    batch = train_tiny.make_batch(random.Random(3), tokenizer, processor, 2, 2)
+    pixels, ids, labels, segments = batch[:4]
+    with torch.no_grad():
+        plain = train_tiny.forward_answers(model, pixels, ids, labels, segments)
+        every = train_tiny.forward_answers(model, pixels, ids, labels, segments, kept=torch.arange(576).expand(2, -1))
+        kept = train_tiny.random_kept(random.Random(0), 2, 576, (16,))
+        pruned = train_tiny.forward_answers(model, pixels, ids, labels, segments, kept=kept)
+    torch.testing.assert_close(every.logits, plain.logits, rtol=0, atol=0)
+    assert kept.shape == (2, 16) and bool((kept.diff(dim=1) > 0).all())  # sorted, distinct
+    assert pruned.logits.shape == plain.logits.shape and not torch.allclose(pruned.logits, plain.logits)
+    assert pruned.kept.shape == (len(plain.targets), 16)

@@ -186,7 +186,7 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass
 class Answers:
     visual: torch.Tensor  # [B, 576, C] tower features
-    features: torch.Tensor  # [B, 576, D] projected visual tokens
+    features: torch.Tensor  # [B, 576, D] projected visual tokens (all of them, also under `kept`)
     logits: torch.Tensor  # [N, V] at every position that predicts an answer token
     targets: torch.Tensor  # [N] those tokens
     grounding: torch.Tensor | None  # [N, 576] log-attention of head 0 of `ground_layer` over the visual tokens
@@ -194,6 +194,7 @@ class Answers:
     keywords: torch.Tensor | None  # [N, L] where the words naming the objects of each answer's question are
     cls_output: torch.Tensor  # [B, C] the tower's [CLS] token at the selected layer
     cls_attention: torch.Tensor  # [B, 576] its head-averaged attention over the patches there (FasterVLM's score)
+    kept: torch.Tensor | None = None  # [N, k] the patches each answer token's sample let into the LLM (augmentation)
 
 
 def forward_answers(
@@ -205,15 +206,22 @@ def forward_answers(
     layers=None,
     ground_layer: int | None = None,
     keyword_ids: list[list[int]] | None = None,
+    kept: torch.Tensor | None = None,
 ) -> Answers:
     """Run the decoder `layers` (default: all) under `segment_mask`; with `ground_layer`, also where that layer's
     first head looks among the visual tokens from each position that predicts an answer token, and where the
-    previous layer's first head looks among the tokens of its own question (`keyword_ids`: the object words)."""
+    previous layer's first head looks among the tokens of its own question (`keyword_ids`: the object words).
+    `kept` [B, k] (sorted patch indices): only those visual tokens enter the LLM, as after a pre-LLM pruning
+    method (the sequence is shorter and the text's positions move up, which a model trained on 576 tokens only
+    never sees)."""
     tower = model.model.vision_tower
     hidden, normed = tower.hidden_states_and_attention_input(pixels)
     visual = tower.feature_select(hidden)
     cls_row = cls_attention(tower.selected_attention, normed).mean(dim=1)
-    features = model.model.mm_projector(visual)
+    projected = model.model.mm_projector(visual)
+    features = projected  # what enters the LLM
+    if kept is not None:
+        features = projected.gather(1, kept[..., None].expand(-1, -1, projected.shape[-1]))
     num_visual = features.shape[1]
     image_start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])  # the same in every sample (shared prefix)
 
@@ -255,7 +263,10 @@ def forward_answers(
         hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
     hidden = text_model.norm(hidden)
     logits = model.lm_head(hidden[:, :-1][pos])
-    return Answers(visual, features, logits, target[:, 1:][pos], grounding, pointing, keywords, hidden[:, 0], cls_row)
+    answer_kept = None if kept is None else kept[pos[0]]  # [N, k]: the patches each answer token's sample kept
+    return Answers(
+        visual, projected, logits, target[:, 1:][pos], grounding, pointing, keywords, hidden[:, 0], cls_row, answer_kept
+    )
 
 
 def head_attention(layer, hidden: torch.Tensor, rotary, queries, allowed: torch.Tensor) -> torch.Tensor:
@@ -288,6 +299,13 @@ def cls_loss(cls_head: nn.Module, cls_output: torch.Tensor, cls_row: torch.Tenso
     target = content / content.sum(-1, keepdim=True).clamp_min(1)
     attention_loss = -(target * cls_row.clamp_min(1e-12).log()).sum(-1).mean()
     return label_loss + attention_loss, (cls_row * content).sum(-1).mean()
+
+
+def random_kept(rng: random.Random, batch: int, patches: int, sizes: tuple[int, ...]) -> torch.Tensor:
+    """[batch, k] sorted random patch subsets of one size k drawn from `sizes`: the augmentation that shows the LLM
+    shortened visual blocks, whichever method shortens them (random subsets favour none)."""
+    k = rng.choice(sizes)
+    return torch.stack([torch.tensor(sorted(rng.sample(range(patches), k))) for _ in range(batch)])
 
 
 def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
@@ -339,6 +357,7 @@ def loss_of(
     ground_layer: int | None = None,
     keyword_ids: list[list[int]] | None = None,
     cls_head: nn.Module | None = None,
+    kept: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """(answer loss, patch loss, grounding loss, `cls_loss` with `cls_head` else None). The answer loss is the mean
     cross-entropy of the answer tokens. The grounding loss (`grounding_loss`, with `ground_layer`) asks one head to
@@ -351,7 +370,9 @@ def loss_of(
     input embeddings: LLaVA's feature alignment in miniature, so that a question word and the visual tokens of
     what it names start out alike."""
     pixels, ids, labels, segments, patches, _, evidence = batch
-    out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer, keyword_ids)
+    out = forward_answers(model, pixels, ids, labels, segments, layers, ground_layer, keyword_ids, kept)
+    if out.kept is not None:  # the evidence among the visual tokens that entered the LLM
+        evidence = evidence.gather(1, out.kept)
     visual, features = out.visual, out.features
     patch_loss = nn.functional.cross_entropy(patch_head(visual).flatten(0, 1).float(), patches.flatten())
     if words is not None:
@@ -406,6 +427,18 @@ def grow(layers: nn.ModuleList, trained: int) -> list[nn.Module]:
     return list(layers)
 
 
+def load_run(model, clip, folder: Path) -> None:
+    """The weights a `save` wrote into `folder` (LLM + projector, and the CLIP tower), into freshly built modules."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(folder / MODEL_DIR / "model.safetensors")), strict=False)
+    if unexpected or any(not k.startswith("model.vision_tower.") for k in missing):
+        raise ValueError(f"{folder}: not a train_tiny run of this shape ({unexpected or missing})")
+    missing, unexpected = clip.load_state_dict(load_file(str(folder / TOWER_DIR / "model.safetensors")), strict=False)
+    if missing:
+        raise ValueError(f"{folder / TOWER_DIR}: tower weights missing ({missing})")
+
+
 def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
     from safetensors.torch import save_file
 
@@ -445,6 +478,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-layers", type=int, default=4, help="train this many layers first (0: all)")
     parser.add_argument("--grow-at", type=float, default=0.7, help="grow to --layers at this fraction of the run")
     parser.add_argument("--curriculum-steps", type=int, default=0, help="first steps on one-shape scenes")
+    parser.add_argument(
+        "--prune-augment", type=float, default=0.0, help="share of batches whose visual tokens are randomly pruned"
+    )
+    parser.add_argument("--prune-sizes", type=int, nargs="+", default=[64, 128, 192, 288], help="their token counts")
+    parser.add_argument("--init-from", type=Path, default=None, help="continue from a saved run's folder (all layers)")
     parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
     parser.add_argument("--eval-every", type=int, default=100, help="log held-out answer accuracy every N steps")
     args = parser.parse_args(argv)
@@ -454,7 +492,15 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = args.out / MODEL_DIR
-    vocab_size = save_tokenizer(tokenizer_dir, corpus=tokenizer_corpus())
+    if args.init_from is not None:  # keep the saved run's tokenizer (its ids are what the weights know)
+        tokenizer_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            source = args.init_from / MODEL_DIR / name
+            if source.resolve() != (tokenizer_dir / name).resolve():
+                (tokenizer_dir / name).write_bytes(source.read_bytes())
+        vocab_size = json.loads((args.init_from / MODEL_DIR / "config.json").read_text())["vocab_size"]
+    else:
+        vocab_size = save_tokenizer(tokenizer_dir, corpus=tokenizer_corpus())
     from llava.model.builder import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -462,8 +508,13 @@ def main(argv: list[str] | None = None) -> None:
     model, clip, _ = build_model(tokenizer, vocab_size, args, f"../{TOWER_DIR}")
     model.model.vision_tower.truncate_unused_layers()  # the last tower layer is never read (as in LLaVA)
     base = args.base_layers or args.layers
+    if args.init_from is not None:
+        load_run(model, clip, args.init_from)
+        base = args.layers
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):  # small residual outputs: a deep narrow net trains stably
+            if args.init_from is not None:
+                break
             scale = 1 / math.sqrt(2 * base) if i < base else 0.0  # layers past `base` start as identities
             layer.self_attn.o_proj.weight.mul_(scale)
             layer.mlp.down_proj.weight.mul_(scale)
@@ -496,8 +547,11 @@ def main(argv: list[str] | None = None) -> None:
             active = grow(model.model.layers, len(active))
             log.write(f"step {step} grow: {args.base_layers} -> {len(active)} layers\n")
         batch = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
+        kept = None
+        if args.prune_augment and rng.random() < args.prune_augment:
+            kept = random_kept(rng, args.batch, batch[4].shape[1], tuple(args.prune_sizes))
         answer_loss, patch_loss, ground_loss, cls = loss_of(
-            model, batch, patch_head, words, active, args.ground_layer, keyword_ids, cls_head
+            model, batch, patch_head, words, active, args.ground_layer, keyword_ids, cls_head, kept
         )
         loss = answer_loss + args.patch_loss_weight * patch_loss + args.ground_weight * ground_loss
         if cls is not None:
