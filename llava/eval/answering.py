@@ -166,7 +166,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     with writer:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
-            results = _answer_batch(batch, args, tokenizer, model, image_processor, mode)
+            results = answer_batch(batch, args, tokenizer, model, image_processor, mode)
             for question, (text, metadata, error) in zip(batch, results, strict=True):
                 record = {
                     **question.record,
@@ -183,7 +183,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
     return Path(args.answers_file)
 
 
-def _answer_batch(batch, args, tokenizer, model, image_processor, mode):
+def answer_batch(batch, args, tokenizer, model, image_processor, mode):
     """(text, metadata, error) per question; questions whose image cannot be read fail alone."""
     results: list = [None] * len(batch)
     ready, images, videos = [], [], []
