@@ -1,6 +1,6 @@
 """Every pruning method at every budget on the bundled tiny LLaVA and the synthetic benchmark, in one table.
 
-    python -m llava.synthetic.compare                   # 240 held-out questions, 192 / 128 / 64 tokens (~3.5 min)
+    python -m llava.synthetic.compare                   # 240 held-out questions, 192 / 128 / 64 tokens (~4 min)
     python -m llava.synthetic.compare --questions 1200  # the full held-out split (about 5x as long)
     python -m llava.synthetic.compare --questions 1200 --methods none random-64   # the accuracy bar only
     python -m llava.synthetic.compare --preset zoo      # the method zoo's image methods (--preset all: both)
