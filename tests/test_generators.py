@@ -235,3 +235,26 @@ def test_mmbench_generator_reads_the_tsv(tiny_llava, tmp_path):
     assert first["prompt"] == "A hint.\nWhat?\nA. x\nB. y" and first["options"] == ["x", "y"]
     assert second["prompt"] == "What?\nA. y\nB. x\nC. z" and second["option_char"] == ["A", "B", "C"]
     assert (first["question_id"], first["round_id"]) == (5, 0)
+
+
+def test_run_ends_with_a_summary_of_its_answers(tiny_llava, bench, tmp_path, capsys):
+    """The closing line counts this run's answers and failures and averages their metadata, as read back from the
+    answers file."""
+    import re
+
+    _, qfile, images = bench
+    answers = tmp_path / "a.jsonl"
+    model_vqa_loader.main(
+        _loader_args(tiny_llava, qfile, images, answers, "--method", "fastervlm", "--retained-tokens", "64")
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    records = read_jsonl(answers)
+    good = [r["metadata"] for r in records if "error" not in r]
+    assert line.startswith(f"[Efficiency INFO] {len(good)} answers ({len(records) - len(good)} failed)")
+    printed = dict(re.findall(r"(Equal Tokens|Prefill Time \(ms\)|KV Cache \(MB\)): ([0-9.]+)", line))
+    for label, key in (
+        ("Equal Tokens", "equal_tokens"),
+        ("Prefill Time (ms)", "prefill_ms"),
+        ("KV Cache (MB)", "kv_cache_mb"),
+    ):
+        assert float(printed[label]) == pytest.approx(sum(m[key] for m in good) / len(good), abs=0.006)

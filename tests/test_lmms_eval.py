@@ -355,3 +355,11 @@ def test_adapter_answers_a_video_as_our_generator(family_checkpoints, tmp_path):
     question = Question(text="What happens?", image=None, record={"question_id": 0}, video=video)
     ours = json.loads(generate_answers([question], generator_args).read_text())
     assert answer.text == ours["text"] and entry["equal_tokens"] == ours["metadata"]["equal_tokens"]
+
+
+def test_each_run_ends_with_our_generators_summary_line(lmms_runs):
+    """The closing `[Efficiency INFO]` line our generators print, once per successful evaluation, with its count."""
+    lines = [line for line in lmms_runs["_process"].stderr.splitlines() if line.startswith("[Efficiency INFO]")]
+    assert len(lines) == len(RUNS)
+    for line, (name, _, _) in zip(lines, RUNS, strict=True):
+        assert line.startswith(f"[Efficiency INFO] {len(lmms_runs[name][1])} answers (0 failed), mean Equal Tokens:")

@@ -27,6 +27,7 @@ from llava.conversation import get_conv_template, stop_token_ids
 from llava.eval.answer_files import AnswerWriter, iter_jsonl
 from llava.mm_utils import get_model_name_from_path, image_token, process_images, to_device, tokenizer_image_token
 from llava.model_args import add_model_args, load_from_args
+from llava.sparse.accounting import run_summary
 
 
 @dataclasses.dataclass
@@ -163,11 +164,16 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    answered, failed = [], 0  # this run's answers' metadata, for the closing summary line
     with writer:
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
             results = answer_batch(batch, args, tokenizer, model, image_processor, mode)
             for question, (text, metadata, error) in zip(batch, results, strict=True):
+                if error is None:
+                    answered.append(metadata)
+                else:
+                    failed += 1
                 record = {
                     **question.record,
                     "text": text,
@@ -180,6 +186,7 @@ def generate_answers(questions: list[Question], args: argparse.Namespace, loaded
                 writer.write(record)
             progress.update(len(batch))
     progress.close()
+    print(run_summary(answered, failed), file=sys.stderr)
     return Path(args.answers_file)
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from lmms_eval.api.model import lmms
 from llava.conversation import get_conv_template
 from llava.eval.answering import Question, answer_batch, image_mode
 from llava.model_args import add_model_args
+from llava.sparse.accounting import run_summary
 from llava.sparse.methods import pruning_from_args
 
 DEFAULT_MAX_NEW_TOKENS = 128  # LLaVA's generators; lmms-eval's own default (1024) only matters when EOS comes late
@@ -275,6 +277,9 @@ class LlavaSparse(lmms):
                             results[index] = answer
                 progress.update(len(chunk))
         progress.close()
+        if self.rank == 0:  # the closing line of our own generators, over this rank's answers
+            answered = [r.token_counts.metadata for r in results if "error" not in r.token_counts.metadata]
+            print(run_summary(answered, len(results) - len(answered)), file=sys.stderr)
         return results
 
     def question(self, request) -> Question:

@@ -139,6 +139,22 @@ class SampleAccount:
         return f"{GREEN}{text}{RESET}" if color else text
 
 
+def run_summary(metadata: list[dict], failed: int = 0) -> str:
+    """The line a generator prints at the end of a run: how many answers, and the mean of each answer's
+    `SampleAccount.as_metadata()` figures (equal tokens, visual tokens into the LLM, TFLOPs, times, KV cache)."""
+
+    def mean(key: str) -> str:
+        values = [m[key] for m in metadata if m.get(key) is not None]
+        return "n/a" if not values else f"{sum(values) / len(values):.{4 if 'tflops' in key else 2}f}"
+
+    return (
+        f"[Efficiency INFO] {len(metadata)} answers ({failed} failed), mean Equal Tokens: {mean('equal_tokens')}, "
+        f"Visual Tokens: {mean('visual_tokens')}, TFLOPs: {mean('decoder_tflops')} (+{mean('method_tflops')} "
+        f"method), Prefill Time (ms): {mean('prefill_ms')}, Total Time (ms): {mean('total_ms')}, "
+        f"KV Cache (MB): {mean('kv_cache_mb')}"
+    )
+
+
 class Timer:
     """Wall time of a region: CUDA events on a CUDA device (no sync until read), perf_counter otherwise."""
 
