@@ -261,10 +261,12 @@ def test_qwen_clips_one_selection_per_clip(qwen):
         _prompt(tokenizer, model.config.conv_mode, q, "<video>\n")
         for q in ("What happens?", "Which colours are there?")
     ]
-    method = DivPrune(3)  # per frame pair: 3 x 3 of 3 x 6 and 2 x 3 of 2 x 8 tokens, chosen over the whole clip
+    method = DivPrune(4)  # per frame pair: 3 x 4 of 3 x 6 and 2 x 4 of 2 x 8 tokens, chosen over the whole clip
     full, pruned = _assert_greedy_picks_of_the_unpruned_block(model, method, ids, videos=videos)
-    assert [len(v.tokens) for v in pruned.images] == [9, 6]
-    assert pruned.images[0].tokens.per_view_counts() != [3, 3, 3]  # one selection over the clip, not per frame
+    assert [len(v.tokens) for v in pruned.images] == [12, 8]
+    # the greedy picks above are over the whole clip; these inputs tell that apart from a per-frame selection
+    # (budget 3 came to keep 3 of every frame pair after a dependency update, so it no longer could)
+    assert any(count != 4 for v in pruned.images for count in v.tokens.per_view_counts())
     _assert_kept_tokens_keep_their_ids(full, pruned)
     _assert_keep_everything_is_unpruned(model, DivPrune(10_000), ids, videos=videos)
     _assert_batch_equals_one_by_one(
