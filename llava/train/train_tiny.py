@@ -62,6 +62,7 @@ from llava.synthetic.scenes import (
 from llava.testing.tokenizer import save_tokenizer
 
 MODEL_DIR, TOWER_DIR = "llava-tiny-synthetic", "clip-tiny-synthetic"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def tokenizer_corpus() -> list[str]:
@@ -449,7 +450,7 @@ def save(model, clip, processor, tokenizer_dir: Path, out: Path) -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("model.vision_tower.")}
     save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     (model_dir / "config.json").write_text(json.dumps(model.config.to_original_dict(), indent=2))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in TOKENIZER_FILES:
         (model_dir / name).write_bytes((tokenizer_dir / name).read_bytes())
 
 
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer_dir = args.out / MODEL_DIR
     if args.init_from is not None:  # keep the saved run's tokenizer (its ids are what the weights know)
         tokenizer_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in TOKENIZER_FILES:
             source = args.init_from / MODEL_DIR / name
             if source.resolve() != (tokenizer_dir / name).resolve():
                 (tokenizer_dir / name).write_bytes(source.read_bytes())
@@ -508,16 +509,15 @@ def main(argv: list[str] | None = None) -> None:
     model, clip, _ = build_model(tokenizer, vocab_size, args, f"../{TOWER_DIR}")
     model.model.vision_tower.truncate_unused_layers()  # the last tower layer is never read (as in LLaVA)
     base = args.base_layers or args.layers
-    if args.init_from is not None:
+    if args.init_from is not None:  # a trained run: every layer, as saved
         load_run(model, clip, args.init_from)
         base = args.layers
-    with torch.no_grad():
-        for i, layer in enumerate(model.model.layers):  # small residual outputs: a deep narrow net trains stably
-            if args.init_from is not None:
-                break
-            scale = 1 / math.sqrt(2 * base) if i < base else 0.0  # layers past `base` start as identities
-            layer.self_attn.o_proj.weight.mul_(scale)
-            layer.mlp.down_proj.weight.mul_(scale)
+    else:
+        with torch.no_grad():
+            for i, layer in enumerate(model.model.layers):  # small residual outputs: a deep narrow net trains stably
+                scale = 1 / math.sqrt(2 * base) if i < base else 0.0  # layers past `base` start as identities
+                layer.self_attn.o_proj.weight.mul_(scale)
+                layer.mlp.down_proj.weight.mul_(scale)
     active = list(model.model.layers[:base])
     patch_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS)
     cls_head = nn.Linear(args.vision_hidden, NUM_PATCH_LABELS - SIGN - 1) if args.cls_weight else None
