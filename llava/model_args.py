@@ -87,8 +87,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_pruning_args(parser)
 
 
-def load_from_args(args: argparse.Namespace):
-    """(tokenizer, model, image_processor, context_len) for the flags of `add_model_args`."""
+def load_from_args(args: argparse.Namespace, env=None):
+    """(tokenizer, model, image_processor, context_len) for the flags of `add_model_args`; the pruning method from
+    the flags and, where a flag is absent, `env` (default: the process environment; `{}` for the flags alone)."""
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
     from llava.model.placement import parse_device_map, parse_max_memory
@@ -107,7 +108,7 @@ def load_from_args(args: argparse.Namespace):
         video_tower=getattr(args, "video_tower", None),
         vision_dtype=args.vision_dtype,
         attn_implementation=args.attn_implementation,
-        pruning=pruning_from_args(args),
+        pruning=pruning_from_args(args, env),
         max_memory=parse_max_memory(getattr(args, "max_memory", None)),
         image_grid_pinpoints=getattr(args, "image_grid_pinpoints", None),
         anyres_rule=getattr(args, "anyres_rule", None),

@@ -33,9 +33,8 @@ from lmms_eval.api.model import lmms
 
 from llava.conversation import get_conv_template
 from llava.eval.answering import Question, answer_batch, image_mode
-from llava.model_args import add_model_args
+from llava.model_args import add_model_args, load_from_args
 from llava.sparse.accounting import run_summary
-from llava.sparse.methods import pruning_from_args
 
 DEFAULT_MAX_NEW_TOKENS = 128  # LLaVA's generators; lmms-eval's own default (1024) only matters when EOS comes late
 MULTI_IMAGE = ("error", "first", "middle")
@@ -175,10 +174,6 @@ class LlavaSparse(lmms):
         **flags,
     ) -> None:
         super().__init__()
-        from llava.mm_utils import get_model_name_from_path
-        from llava.model.builder import load_pretrained_model
-        from llava.model.placement import parse_device_map, parse_max_memory
-
         if str(batch_size).startswith("auto"):
             raise ValueError("llava_sparse: --batch_size auto is not supported; give a number")
         self._batch_size = int(batch_size)
@@ -196,30 +191,7 @@ class LlavaSparse(lmms):
         args.device = pick_device(device)
         self.retained_tokens = args.retained_tokens
         # never the environment: results and lmms-eval's response cache record only --model_args
-        pruning = pruning_from_args(args, env={})
-        self.tokenizer, self._model, self.image_processor, _ = load_pretrained_model(
-            args.model_path,
-            args.model_base,
-            get_model_name_from_path(args.model_path),
-            load_8bit=args.load_8bit,
-            load_4bit=args.load_4bit,
-            device_map=parse_device_map(args.device_map),
-            device=args.device,
-            use_flash_attn=args.use_flash_attn,
-            dtype=args.dtype,
-            vision_tower=args.vision_tower,
-            video_tower=args.video_tower,
-            vision_dtype=args.vision_dtype,
-            attn_implementation=args.attn_implementation,
-            pruning=pruning,
-            max_memory=parse_max_memory(args.max_memory),
-            image_grid_pinpoints=args.image_grid_pinpoints,
-            anyres_rule=args.anyres_rule,
-            min_pixels=args.min_pixels,
-            max_pixels=args.max_pixels,
-        )
-        if args.compile:
-            self._model.compile_decode()
+        self.tokenizer, self._model, self.image_processor, _ = load_from_args(args, env={})
         self._device = self._model.device
         self.conv_mode = conv_template or getattr(self._model.config, "conv_mode", None) or "vicuna_v1"
         get_conv_template(self.conv_mode)  # an unknown template fails here, not at the first batch
