@@ -223,7 +223,8 @@ def test_flags_and_the_one_switch():
 def test_towers_without_cls_are_refused_with_the_methods_that_apply(loaded):
     tower = types.SimpleNamespace()  # Qwen-VL's tower: no [CLS] token, no forward_with_cls_attention
     with pytest.raises(ValueError, match=r"no \[CLS\].*sparsevlm, fastv, random, uniform"):
-        VisionZip(64).validate(types.SimpleNamespace(get_vision_tower=lambda: tower))
+        qwen = types.SimpleNamespace(image_aspect_ratio="qwen")
+        VisionZip(64).validate(types.SimpleNamespace(get_vision_tower=lambda: tower, config=qwen))
     _, model, _, _ = loaded
     with pytest.raises(ValueError, match="1..576"):
         model.set_pruning(VisionZip(577))

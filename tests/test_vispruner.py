@@ -233,7 +233,8 @@ def test_flags_and_refusals(loaded):
         VisPruner(64, important_ratio=1.5)
     tower = types.SimpleNamespace()  # Qwen-VL's tower: no [CLS] token, no forward_with_cls_attention
     with pytest.raises(ValueError, match=r"no \[CLS\].*sparsevlm, fastv, random, uniform"):
-        VisPruner(64).validate(types.SimpleNamespace(get_vision_tower=lambda: tower))
+        qwen = types.SimpleNamespace(image_aspect_ratio="qwen")
+        VisPruner(64).validate(types.SimpleNamespace(get_vision_tower=lambda: tower, config=qwen))
     _, model, _, _ = loaded
     with pytest.raises(ValueError, match="1..576"):
         model.set_pruning(VisPruner(600))

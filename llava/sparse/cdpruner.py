@@ -48,7 +48,7 @@ from torch import nn
 from llava.constants import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, patches_per_view
-from llava.sparse.registry import register
+from llava.sparse.registry import LLAVA_15, LLAVA_NEXT, methods_that_apply, register
 
 # What the reference's eval scripts strip from a question before CLIP reads it (model_vqa_loader, model_vqa_science;
 # model_vqa_mmbench never adds its suffixes to the text it passes).
@@ -61,7 +61,6 @@ ANSWER_SUFFIXES = (
 # chatml_direct and Qwen-VL.
 TURN_MARKERS = (("USER:", "ASSISTANT:"), ("[INST]", "[/INST]"), ("<|im_start|>user\n", "<|im_end|>"))
 DPP_EPS = 1e-10  # guard of the DPP's square root (see the module docstring)
-OTHER_METHODS = "divprune, fastv, sparsevlm, random, uniform"
 
 
 def question_text(tokenizer, ids: torch.Tensor) -> str:
@@ -260,12 +259,12 @@ class CDPruner(PruningMethod):
         if not hasattr(tower, "encoder_hidden_states"):
             raise ValueError(
                 "cdpruner scores relevance with the CLIP text tower of the model's CLIP vision tower; Qwen-VL has "
-                f"no CLIP text tower (the paper's Qwen recipe is unpublished). Methods that apply: {OTHER_METHODS}."
+                f"no CLIP text tower (the paper's Qwen recipe is unpublished). {methods_that_apply(model)}."
             )
         if getattr(model.model, "video_tower", None) is not None:
             raise ValueError(
                 "cdpruner runs on LLaVA-1.5 and LLaVA-NeXT (CLIP towers); Video-LLaVA's LanguageBind towers have no "
-                f"CLIP text tower here. Methods that apply: {OTHER_METHODS}, fastervlm."
+                f"CLIP text tower here. {methods_that_apply(model)}."
             )
         self.view_patches = patches_per_view(model)
         tokens = self.budget.tokens
@@ -413,6 +412,7 @@ def _add_args(group) -> None:
     "cdpruner",
     add_args=_add_args,
     help="CDPruner: conditional DPP on the projected tokens, relevance from CLIP's text tower (T per view)",
+    families=(LLAVA_15, LLAVA_NEXT),
 )
 def _build(args, budget) -> CDPruner:
     model_path = getattr(args, "model_path", None)

@@ -18,7 +18,7 @@ refused too.
 from __future__ import annotations
 
 from llava.sparse.engine import PruningMethod
-from llava.sparse.registry import register
+from llava.sparse.registry import QWEN_VL, methods_that_apply, register
 
 DEFAULT_FACTOR = 2
 DYNAMIC_RESOLUTION = ("qwen2_vl", "qwen2_5_vl")
@@ -39,7 +39,7 @@ class Downsample(PruningMethod):
             raise ValueError(
                 "downsample applies to dynamic-resolution models (Qwen2-VL / Qwen2.5-VL): this model's processor "
                 "resizes every image back to its fixed grid, so a smaller image saves no tokens. Use --method pool "
-                "(2-D grid pooling), its equivalent here."
+                f"(2-D grid pooling), its equivalent here. {methods_that_apply(model)}."
             )
 
     def describe(self) -> str:
@@ -55,7 +55,12 @@ def _add_args(group) -> None:
     )
 
 
-@register("downsample", add_args=_add_args, help="VTC-Bench's baseline: shrink the image r times (Qwen-VL)")
+@register(
+    "downsample",
+    add_args=_add_args,
+    help="VTC-Bench's baseline: shrink the image r times (Qwen-VL)",
+    families=(QWEN_VL,),
+)
 def _build(args, budget) -> Downsample:
     if budget.given:
         raise ValueError(

@@ -30,7 +30,7 @@ from llava.model.anyres import MergeLayout
 from llava.sparse.attention_rows import RowsRequest
 from llava.sparse.budget import Budget
 from llava.sparse.engine import DecodePlan, PruningMethod, VisualLayout
-from llava.sparse.registry import register
+from llava.sparse.registry import VIDEO, methods_that_apply, register
 
 DEFAULT_K = 0.7  # the lmms-eval wrapper's default and the paper's headline row (K = 0.7)
 DEFAULT_P = 0.7  # the paper's and the README example's p (its 14.25 % retained ratio); the lmms-eval wrapper has 0.8
@@ -76,14 +76,14 @@ class VideoPruning(PruningMethod):
         if any(bool((ids == IMAGE_TOKEN_INDEX).any()) for ids in rows):
             raise ValueError(
                 f"{self.name} prunes video clips only (it merges tokens across frames); this batch holds an "
-                "<image>. Ask about a <video>, or use an image method (e.g. fastervlm, sparsevlm, fastv)."
+                f"<image>. Ask about a <video>, or use an image method. {methods_that_apply(model, videos=False)}."
             )
 
     def validate(self, model) -> None:
         if not supports_video(model):
             raise ValueError(
                 f"{self.name} prunes video clips only; this checkpoint takes no videos. Load Video-LLaVA or "
-                "Qwen2(.5)-VL, or use an image method (e.g. fastervlm, sparsevlm, fastv)."
+                f"Qwen2(.5)-VL, or use an image method. {methods_that_apply(model)}."
             )
 
 
@@ -260,7 +260,13 @@ def _add_args(group) -> None:
     )
 
 
-@register("dycoke", add_args=_add_args, help="DyCoke temporal merging and decode-time KV selection (video only)")
+@register(
+    "dycoke",
+    add_args=_add_args,
+    help="DyCoke temporal merging and decode-time KV selection (video only)",
+    families=VIDEO,
+    video_only=True,
+)
 def _build(args, budget) -> DyCoke:
     k = getattr(args, "dycoke_k", None)
     order = getattr(args, "dycoke_order", "similarity")

@@ -30,7 +30,7 @@ import torch
 from llava.model.multimodal_encoder.clip_encoder import cls_attention
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection
-from llava.sparse.registry import register
+from llava.sparse.registry import LLAVA_NEXT, family_of, methods_that_apply, register
 
 PARTITIONS = ("faithful", "spatial")
 RATE, ALPHA = 0.2, 0.5
@@ -111,10 +111,9 @@ class HiRED(PruningMethod):
     def validate(self, model) -> None:
         config = model.config
         if not getattr(config, "is_anyres", False):
-            family = "Qwen-VL" if getattr(config, "image_aspect_ratio", None) == "qwen" else "this single-view model"
             raise ValueError(
-                f"HiRED spreads its budget over LLaVA-NeXT's anyres views; {family} has none. Methods that apply: "
-                "fastervlm (HiRED's LLaVA-1.5 variant is its top-k by [CLS] attention), sparsevlm, fastv, pool."
+                f"HiRED spreads its budget over LLaVA-NeXT's anyres views; {family_of(model)} has none (on LLaVA-1.5, "
+                f"HiRED's variant is fastervlm's top-k by [CLS] attention). {methods_that_apply(model)}."
             )
         if not hasattr(model.get_vision_tower(), "forward_with_cls_attention"):
             raise ValueError("HiRED reads the vision tower's [CLS] attention; this tower has no [CLS] token")
@@ -205,7 +204,12 @@ def _add_args(group) -> None:
     )
 
 
-@register("hired", add_args=_add_args, help="HiRED (LLaVA-NeXT): per-view budgets from L0 / L22 [CLS] attention")
+@register(
+    "hired",
+    add_args=_add_args,
+    help="HiRED (LLaVA-NeXT): per-view budgets from L0 / L22 [CLS] attention",
+    families=(LLAVA_NEXT,),
+)
 def _build(args, budget) -> HiRED:
     rate = getattr(args, "hired_rate", None)
     given = budget.given

@@ -44,7 +44,7 @@ from llava.sparse.budget import Budget
 from llava.sparse.dycoke import VideoPruning, frame_features, frame_tokens
 from llava.sparse.engine import PrefillPlan, Selection
 from llava.sparse.recycling import dpc_knn_clusters
-from llava.sparse.registry import register
+from llava.sparse.registry import VIDEO, register
 
 DEFAULT_RATIO = 0.1  # RETAIN_RATIO: the code's default and the scripts' lowest setting
 INNER_LAYER = 18  # HOLITOM_k in every script
@@ -346,7 +346,13 @@ def _add_args(group) -> None:
     )
 
 
-@register("holitom", add_args=_add_args, help="HoliTom temporal + spatial merge before the LLM and inside it (video)")
+@register(
+    "holitom",
+    add_args=_add_args,
+    help="HoliTom temporal + spatial merge before the LLM and inside it (video)",
+    families=VIDEO,
+    video_only=True,
+)
 def _build(args, budget) -> HoliTom:
     ratio = getattr(args, "holitom_ratio", None)
     given = None

@@ -25,10 +25,10 @@ import llava.sparse.zoo  # noqa: F401  (registers the method zoo)
 from llava.sparse.engine import PruningMethod
 from llava.sparse.fastv import SCORES, FastV
 from llava.sparse.pre_llm import FasterVLM, FasterVLMGlobal, RandomPruning, UniformPruning
-from llava.sparse.registry import ZOO, BudgetArgs
+from llava.sparse.registry import BUILTIN_FAMILIES, ZOO, BudgetArgs
 from llava.sparse.sparsevlm import PRIORITY_HEADS, SparseVLM
 
-BUILTIN_METHODS = ("none", "sparsevlm", "fastv", "fastervlm", "random", "uniform")
+BUILTIN_METHODS = ("none", *BUILTIN_FAMILIES)
 DEFAULT_BUDGET = 192
 
 

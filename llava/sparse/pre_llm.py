@@ -16,6 +16,7 @@ import torch
 
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, patches_per_view
+from llava.sparse.registry import methods_that_apply
 
 
 class PreLLMTopK(PruningMethod):
@@ -37,7 +38,7 @@ class PreLLMTopK(PruningMethod):
         if self.needs_cls_attention and not hasattr(model.get_vision_tower(), "forward_with_cls_attention"):
             raise ValueError(
                 f"{self.name} ranks patches by the vision tower's [CLS] attention, and this model's tower has no "
-                "[CLS] token (Qwen-VL). Methods that apply: sparsevlm, fastv, random, uniform."
+                f"[CLS] token (Qwen-VL). {methods_that_apply(model)}."
             )
         if patches is None:  # each image has its own count: the budget is per image
             if self.view_tokens is not None:

@@ -42,7 +42,7 @@ from llava.model.anyres import MergeLayout
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection
 from llava.sparse.pooling import layout_from
-from llava.sparse.registry import register
+from llava.sparse.registry import LLAVA_15, VIDEO_LLAVA, methods_that_apply, register
 
 MODES = ("auto", "adaptive", "fixed")
 NEIGHBOURS = 32
@@ -156,12 +156,12 @@ class PruMerge(PruningMethod):
         if getattr(config, "image_aspect_ratio", None) == "qwen":
             raise ValueError(
                 f"{self.name} ranks patches by the vision tower's [CLS] attention, and Qwen-VL's tower has no [CLS] "
-                "token. Methods that apply: sparsevlm, fastv, random, uniform, pool."
+                f"token. {methods_that_apply(model)}."
             )
         if getattr(config, "is_anyres", False):
             raise ValueError(
                 f"{self.name} works on single-view LLaVA-1.5 images (and Video-LLaVA frames); LLaVA-NeXT's anyres "
-                "views are not supported. Methods that apply to LLaVA-NeXT: hired, fastervlm, sparsevlm, fastv, pool."
+                f"views are not supported. {methods_that_apply(model)}."
             )
         towers = [model.get_vision_tower(), getattr(model.model, "video_tower", None)]
         for tower in towers:
@@ -242,11 +242,16 @@ def _build(args, budget, plus: bool) -> PruMerge:
     return PruMerge(plus, chosen, getattr(args, "prumerge_neighbours", NEIGHBOURS))
 
 
-@register("prumerge", add_args=_add_args, help="PruMerge: IQR-adaptive [CLS]-attention outliers, key-neighbour merge")
+@register(
+    "prumerge",
+    add_args=_add_args,
+    help="PruMerge: IQR-adaptive [CLS]-attention outliers, key-neighbour merge",
+    families=(LLAVA_15, VIDEO_LLAVA),
+)
 def _build_prumerge(args, budget) -> PruMerge:
     return _build(args, budget, plus=False)
 
 
-@register("prumerge+", help="PruMerge+: PruMerge plus spatially uniform samples")
+@register("prumerge+", help="PruMerge+: PruMerge plus spatially uniform samples", families=(LLAVA_15, VIDEO_LLAVA))
 def _build_plus(args, budget) -> PruMerge:
     return _build(args, budget, plus=True)

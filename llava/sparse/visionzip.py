@@ -31,12 +31,9 @@ import torch
 from llava.model.anyres import MERGED, MergeLayout
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection, patches_per_view
-from llava.sparse.registry import BudgetArgs, register
+from llava.sparse.registry import WITH_CLS, BudgetArgs, methods_that_apply, register
 
 CONTEXTUAL_SHARE = (5, 32)  # C of a view's budget: 10 of 64, 20 of 128, 30 of 192 (the paper's splits)
-CLS_METHODS_HELP = (
-    "Methods that apply to Qwen-VL: sparsevlm, fastv, random, uniform, and the zoo's methods that need no [CLS] token"
-)
 
 
 def refuse_without_cls(name: str, model, extra: str = "") -> None:
@@ -45,7 +42,7 @@ def refuse_without_cls(name: str, model, extra: str = "") -> None:
     if not hasattr(tower, "forward_with_cls_attention"):
         raise ValueError(
             f"{name} reads the vision tower's [CLS] token and its attention, and this model's tower has no [CLS] "
-            f"token (Qwen-VL).{extra} {CLS_METHODS_HELP}."
+            f"token (Qwen-VL).{extra} {methods_that_apply(model)}."
         )
 
 
@@ -297,7 +294,12 @@ def _add_args(group) -> None:
     )
 
 
-@register("visionzip", add_args=_add_args, help="VisionZip: [CLS]-attended dominant + key-merged contextual tokens")
+@register(
+    "visionzip",
+    add_args=_add_args,
+    help="VisionZip: [CLS]-attended dominant + key-merged contextual tokens",
+    families=WITH_CLS,
+)
 def _build(args, budget: BudgetArgs) -> VisionZip:
     dominant = getattr(args, "visionzip_dominant", None)
     contextual = getattr(args, "visionzip_contextual", None)

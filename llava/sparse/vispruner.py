@@ -30,7 +30,7 @@ import torch
 from llava.model.anyres import MergeLayout
 from llava.sparse.engine import Selection, patches_per_view
 from llava.sparse.pre_llm import PreLLMTopK
-from llava.sparse.registry import BudgetArgs, register
+from llava.sparse.registry import WITH_CLS, BudgetArgs, register
 from llava.sparse.visionzip import refuse_without_cls
 
 STEP = 8  # the most a-tokens one diverse step drops (the official code's constant)
@@ -133,6 +133,8 @@ def _add_args(group) -> None:
     )
 
 
-@register("vispruner", add_args=_add_args, help="VisPruner: [CLS]-important + diverse patches per view")
+@register(
+    "vispruner", add_args=_add_args, help="VisPruner: [CLS]-important + diverse patches per view", families=WITH_CLS
+)
 def _build(args, budget: BudgetArgs) -> VisPruner:
     return VisPruner(budget.count, budget.ratio, getattr(args, "vispruner_important_ratio", 0.5))
