@@ -363,3 +363,141 @@ def test_each_run_ends_with_our_generators_summary_line(lmms_runs):
     assert len(lines) == len(RUNS)
     for line, (name, _, _) in zip(lines, RUNS, strict=True):
         assert line.startswith(f"[Efficiency INFO] {len(lmms_runs[name][1])} answers (0 failed), mean Equal Tokens:")
+
+
+def test_accelerate_launch_shards_questions_and_gathers_them(lmms_runs, synthetic, tmp_path):
+    """`accelerate launch --num_processes 2` (CPU processes over gloo; one per GPU on a GPU machine, the same code):
+    each process answers its share of 15 questions (so one pads its shard with a repeat), and the results equal the
+    one-process run's: the same answers, accuracy over exactly those questions, and one summary line that counts
+    each question once (the mean equal tokens recomputed from the one-process samples)."""
+    split, tasks = synthetic
+    limit = NUM_QUESTIONS - 1
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command += ["-m", "llava.eval.lmms_eval_run", "--model", "llava_sparse", "--tasks", SYNTHETIC_TASK]
+    command += ["--model_args", f"pretrained={BUNDLED},{SPARSE_ARGS}", "--batch_size", "4", "--limit", str(limit)]
+    command += ["--include_path", str(tasks), "--log_samples", "--output_path", str(tmp_path / "out")]
+    env = {**offline_env(tmp_path), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    (found,) = (tmp_path / "out").rglob("*_results.json")
+    samples = [json.loads(line) for path in (tmp_path / "out").rglob("*_samples_*.jsonl") for line in open(path)]
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    single = lmms_runs["sparse_b4"][1][:limit]
+    assert [s["doc_id"] for s in samples] == list(range(limit))
+    assert texts(samples) == texts(single)
+    docs = [json.loads(line) for line in open(split / "questions.jsonl")][:limit]  # the task's docs, in order
+    ours = [{"question_id": d["question_id"], "text": text} for d, text in zip(docs, texts(samples), strict=True)]
+    asked = {d["question_id"] for d in docs}
+    truth = [row for row in map(json.loads, open(split / "answers.jsonl")) if row["question_id"] in asked]
+    accuracy = json.loads(found.read_text())["results"][SYNTHETIC_TASK]["accuracy,none"]
+    assert accuracy == pytest.approx(score(truth, ours)["reported"])
+    (line,) = [line for line in process.stderr.splitlines() if line.startswith("[Efficiency INFO]")]
+    mean = sum(counts(s)["equal_tokens"] for s in single) / limit
+    assert line.startswith(f"[Efficiency INFO] {limit} answers (0 failed), mean Equal Tokens: {mean:.2f},")
+
+
+# -- an offline copy of lmms-eval's own MME task (`write_local_task`) ------------------------------------------------
+
+
+def write_mme_snapshot(folder: Path, images: int) -> list[dict]:
+    """A local snapshot shaped as the Hub's MME data set (a parquet file with its columns: question_id = the image's
+    path, image, question ending in " Please answer yes or no.", answer Yes / No, category): two questions per synthetic
+    scene from the benchmark's exist pair (one object it shows, one near miss), half the scenes in a perception task
+    and half in a cognition one. Returns the rows (images as PIL)."""
+    import random
+
+    import datasets
+
+    from llava.synthetic.scenes import draw, make_scene, questions_for
+
+    rows = []
+    for i in range(images):
+        rng = random.Random(500 + i)
+        scene = make_scene(rng)
+        category = "existence" if i % 2 == 0 else "commonsense_reasoning"
+        pairs = [(q, a) for kind, q, a in questions_for(scene, rng) if kind == "exist"]
+        assert sorted(a for _, a in pairs) == ["no", "yes"]
+        for question, answer in pairs:
+            rows.append(
+                {
+                    "question_id": f"{category}/{i:04d}.png",
+                    "image": draw(scene),
+                    "question": f"{question} Please answer yes or no.",
+                    "answer": answer.capitalize(),
+                    "category": category,
+                }
+            )
+    features = datasets.Features({key: datasets.Value("string") for key in rows[0]} | {"image": datasets.Image()})
+    (folder / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+    return rows
+
+
+def test_local_copy_of_lmms_evals_mme_scores_as_llavas_mme_tool(tmp_path):
+    """`python -m llava.eval.lmms_tasks local mme DATA` + lmms-eval's CLI, offline, on an MME-shaped parquet snapshot:
+    lmms-eval's own MME prompt, parsing and aggregation give the Perception and Cognition scores that LLaVA's MME tool
+    (`llava.eval.eval_mme`) gives for our own generator's answers to the same prompts."""
+    from llava.eval.eval_mme import MMERow, score_mme
+
+    rows = write_mme_snapshot(tmp_path / "MME", images=6)
+    made = subprocess.run(
+        [sys.executable, "-m", "llava.eval.lmms_tasks", "local", "mme", str(tmp_path / "MME"), "--out", "tasks"],
+        env=offline_env(tmp_path), capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    text = (tmp_path / "tasks" / "mme_local.yaml").read_text()
+    assert "task: mme_local" in text and "!function lmms_eval.tasks.mme.utils.mme_process_results" in text
+    assert "lmms-lab" not in text and "token:" not in text
+    command = [sys.executable, "-m", "llava.eval.lmms_eval_run", "--model", "llava_sparse", "--tasks", "mme_local"]
+    command += ["--model_args", f"pretrained={BUNDLED}", "--batch_size", "4", "--include_path", "tasks"]
+    command += ["--log_samples", "--output_path", "out"]
+    process = subprocess.run(command, env=offline_env(tmp_path), capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    (found,) = (tmp_path / "out").rglob("*_results.json")
+    results = json.loads(found.read_text())["results"]["mme_local"]
+
+    # our generator on the prompt lmms-eval's MME builds (the yes/no sentence off, the short-answer one on)
+    (tmp_path / "images").mkdir()
+    questions = []
+    for index, row in enumerate(rows):
+        row["image"].save(tmp_path / "images" / f"{index}.png")
+        text = (
+            row["question"].replace(" Please answer yes or no.", "")
+            + "\nAnswer the question using a single word or phrase."
+        )
+        questions.append({"question_id": index, "image": f"{index}.png", "text": text})
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    flags = ["--conv-mode", "vicuna_v1", "--batch-size", "4", "--max-new-tokens", "16"]
+    ours = our_answers_for(BUNDLED, tmp_path / "questions.jsonl", tmp_path / "images", tmp_path / "ours.jsonl", flags)
+    by_task: dict[str, list[MMERow]] = {}
+    for row, answer in zip(rows, ours, strict=True):
+        by_task.setdefault(row["category"], []).append(MMERow(row["question_id"], "", row["answer"], answer["text"]))
+    expected = score_mme(by_task)
+    assert 0 < expected["perception"] and 0 < expected["cognition"]  # the bundled model gets some right
+    assert results["mme_perception_score,none"] == pytest.approx(expected["perception"])
+    assert results["mme_cognition_score,none"] == pytest.approx(expected["cognition"])
+
+
+def test_local_copy_merges_what_the_stock_task_includes(tmp_path):
+    """textvqa_val's YAML includes a template: the local copy holds both files' entries (its own win), loads with
+    lmms-eval's YAML loader, and its functions are lmms-eval's own; the Hub data set and tags are gone."""
+    from lmms_eval.tasks.textvqa import utils
+    from lmms_eval.utils import load_yaml_config
+
+    from llava.eval.lmms_tasks import write_local_task
+
+    (tmp_path / "TextVQA" / "data").mkdir(parents=True)
+    for name in ("train-00000.parquet", "validation-00000.parquet"):
+        (tmp_path / "TextVQA" / "data" / name).write_bytes(b"")
+    config = load_yaml_config(str(write_local_task("textvqa_val", tmp_path / "TextVQA", tmp_path / "tasks")))
+    assert config["task"] == "textvqa_val_local" and config["test_split"] == "validation"
+    assert config["dataset_path"] == "parquet" and "include" not in config and "tag" not in config
+    assert config["dataset_kwargs"] == {
+        "data_files": {"validation": [str(tmp_path / "TextVQA/data/validation-00000.parquet")]}
+    }
+    assert config["doc_to_visual"] is utils.textvqa_doc_to_visual and config["output_type"] == "generate_until"
+    with pytest.raises(FileNotFoundError, match="No .parquet files"):
+        write_local_task("mme", tmp_path / "empty", tmp_path / "tasks")
+    with pytest.raises(ValueError, match="no task 'nonesuch'"):
+        write_local_task("nonesuch", tmp_path / "TextVQA", tmp_path / "tasks")

@@ -249,10 +249,21 @@ class LlavaSparse(lmms):
                             results[index] = answer
                 progress.update(len(chunk))
         progress.close()
-        if self.rank == 0:  # the closing line of our own generators, over this rank's answers
-            answered = [r.token_counts.metadata for r in results if "error" not in r.token_counts.metadata]
-            print(run_summary(answered, len(results) - len(answered)), file=sys.stderr)
+        mine = zip(map(question_id, requests), (result.token_counts.metadata for result in results), strict=True)
+        by_question = self.every_rank(dict(mine))
+        if self.rank == 0:  # the closing line of our own generators, over every process's answers
+            answered = [counts for counts in by_question.values() if "error" not in counts]
+            print(run_summary(answered, len(by_question) - len(answered)), file=sys.stderr)
         return results
+
+    def every_rank(self, by_question: dict) -> dict:
+        """This process's {question: counts} merged with the other processes' under `accelerate launch` / torchrun
+        (lmms-eval shards the requests and pads the shorter shards with repeats, which the keys fold away)."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return by_question
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, by_question)
+        return {key: value for part in parts for key, value in part.items()}
 
     def question(self, request) -> Question:
         """The request as one of our generators' questions: lmms-eval's prompt (`ctx`, whose `<image>`, if any, goes
@@ -267,7 +278,7 @@ class LlavaSparse(lmms):
                     "per question: pass multi_image=first or multi_image=middle (LLaVA's choice for SEED video)"
                 )
             visuals = [visuals[0] if self.multi_image == "first" else visuals[len(visuals) // 2]]
-        record = {"question_id": f"{task}/{split}/{doc_id}"}  # seeds sampling per question, as our generators
+        record = {"question_id": question_id(request)}  # seeds sampling per question, as our generators
         text = IMAGE_PLACEHOLDER.sub("", ctx)
         if not visuals:
             return Question(text=text, image=None, record=record)
@@ -297,6 +308,12 @@ class LlavaSparse(lmms):
             output_tokens = len(self.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
             out.append(GenerationResult(text, EfficiencyCounts(input_tokens, output_tokens, metadata=counts)))
         return out
+
+
+def question_id(request) -> str:
+    """`task/split/doc_id`: the same on every process and in every run."""
+    *_, doc_id, task, split = request.args
+    return f"{task}/{split}/{doc_id}"
 
 
 def question_kind(question: Question) -> str:
