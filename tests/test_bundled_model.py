@@ -16,41 +16,39 @@ CLS_ON_CONTENT_BAR = 0.8  # the retrained tower's [CLS] attention mass on conten
 ABSENT = pytest.mark.skipif(not (BUNDLED / "model.safetensors").is_file(), reason="bundled model not present")
 
 
-@ABSENT
-def test_bundled_model_meets_the_accuracy_bar_unpruned(tmp_path):
+def held_out_accuracy(folder: Path, method: list[str]) -> dict:
+    """The bundled model's scores on the first 120 held-out questions (seed 1) with the given pruning flags."""
     from llava.eval import model_vqa_loader
 
-    data = benchmark.write_split(tmp_path / "synthetic", seed=1, num_questions=120)
-    answers = tmp_path / "answers.jsonl"
+    data = folder / "synthetic"
+    if not data.is_dir():
+        benchmark.write_split(data, seed=1, num_questions=120)
+    answers = folder / f"answers-{'-'.join(method)}.jsonl"
+    flags = ["--conv-mode", "vicuna_v1", "--temperature", "0", "--batch-size", "8", "--device", "cpu", *method]
     model_vqa_loader.main(
-        [
-            "--model-path",
-            str(BUNDLED),
-            "--question-file",
-            str(data / "questions.jsonl"),
-            "--image-folder",
-            str(data / "images"),
-            "--answers-file",
-            str(answers),
-            "--conv-mode",
-            "vicuna_v1",
-            "--temperature",
-            "0",
-            "--batch-size",
-            "8",
-            "--device",
-            "cpu",
-            "--method",
-            "none",
-        ]
+        ["--model-path", str(BUNDLED), "--question-file", str(data / "questions.jsonl")]
+        + ["--image-folder", str(data / "images"), "--answers-file", str(answers), *flags]
     )
     metrics = benchmark.score(read_jsonl(data / "answers.jsonl"), read_jsonl(answers))
-    print(metrics)
+    print(method, metrics)
     assert metrics["questions"] == 120 and metrics["failed"] == 0
-    assert metrics["reported"] >= BAR
+    return metrics
 
 
 @ABSENT
+def test_bundled_model_meets_the_accuracy_bar_unpruned(tmp_path):
+    assert held_out_accuracy(tmp_path, ["--method", "none"])["reported"] >= BAR
+
+
+@ABSENT
+def test_fastervlm_beats_random_pruning_at_64_tokens(tmp_path):
+    """What the trained [CLS] is for: FasterVLM's 64 tokens (top [CLS] attention) answer clearly better than 64
+    random ones (on these 120 questions 85.8 vs 69.2 when the model was trained; 84.4 vs 67.4 on all 1,200)."""
+    fastervlm = held_out_accuracy(tmp_path, ["--method", "fastervlm", "--retained-tokens", "64"])
+    random = held_out_accuracy(tmp_path, ["--method", "random", "--retained-tokens", "64", "--pruning-seed", "0"])
+    assert fastervlm["reported"] >= random["reported"] + 8
+
+
 def test_bundled_checkpoint_is_small_enough_to_ship():
     total = sum(p.stat().st_size for p in Path(BUNDLED).parent.rglob("*") if p.is_file())
     assert total <= 30 * 2**20

@@ -289,3 +289,23 @@ def test_keeping_every_patch_is_the_unpruned_forward(trained):
     assert kept.shape == (2, 16) and bool((kept.diff(dim=1) > 0).all())  # sorted, distinct
     assert pruned.logits.shape == plain.logits.shape and not torch.allclose(pruned.logits, plain.logits)
     assert pruned.kept.shape == (len(plain.targets), 16)
+
+
+def test_content_first_subsets_hold_the_content_patches_then_random_background():
+    """`content_first_kept`: with room for them, every content patch of each picture (labels above the sign's face)
+    plus random background up to k; with less room, k content patches only; sorted and distinct either way."""
+    import random
+
+    import torch
+
+    labels = torch.zeros(3, 576, dtype=torch.long)
+    labels[0, [5, 50, 500]] = train_tiny.SIGN + 1  # 3 content patches
+    labels[1, 100:200] = train_tiny.SIGN + 2  # 100 content patches: more than k
+    labels[2, 7] = train_tiny.SIGN  # the sign's plain face is background
+    kept = train_tiny.content_first_kept(random.Random(0), labels, (16,))
+    assert kept.shape == (3, 16) and bool((kept.diff(dim=1) > 0).all())
+    assert {5, 50, 500} <= set(kept[0].tolist())
+    assert all(100 <= i < 200 for i in kept[1].tolist())
+    assert (labels[2, kept[2]] > train_tiny.SIGN).sum() == 0
+    again = train_tiny.content_first_kept(random.Random(1), labels, (16,))
+    assert not torch.equal(again[0], kept[0])  # the background part is drawn at random

@@ -1,6 +1,11 @@
 """Train the bundled tiny LLaVA from scratch on the synthetic benchmark, reproducibly from a seed.
 
-    python -m llava.train.train_tiny --out assets/tiny-llava --minutes 65 --grow-at 0.7 --seed 0
+    python -m llava.train.train_tiny --out /tmp/tiny --minutes 70 --grow-at 0.7 --seed 0
+    python -m llava.train.train_tiny --init-from /tmp/tiny --out assets/tiny-llava --minutes 20 --lr 5e-4 \\
+        --warmup 20 --prune-augment 0.5 --prune-content 0.5 --seed 2
+
+(the bundled model: the second run continues the first, showing the LLM shortened visual blocks, see
+`content_first_kept`).
 
 Architecture (the LLaVA-1.5 layout at toy width): a CLIP ViT at 336 px / patch 14 (576 patch tokens + [CLS]; 3
 layers, the features read at layer -2), the mlp2x_gelu projector, and a 20-layer Llama decoder (so SparseVLM's
@@ -309,6 +314,23 @@ def random_kept(rng: random.Random, batch: int, patches: int, sizes: tuple[int, 
     return torch.stack([torch.tensor(sorted(rng.sample(range(patches), k))) for _ in range(batch)])
 
 
+def content_first_kept(rng: random.Random, labels: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """[batch, k] sorted patch subsets of one size k drawn from `sizes` that hold each picture's content patches
+    first (a random k of them if there are more) and random background after: the blocks a pruner that finds the
+    objects leaves (any of them: FastV, SparseVLM, FasterVLM, VisionZip...; the subsets come from the scene's own
+    patch labels, no model's scores). Random subsets alone taught the LLM to count from patches spread over the
+    whole picture, so object-only blocks lost the counts (see the README)."""
+    k = rng.choice(sizes)
+    rows = []
+    for row in labels:
+        content = (row > SIGN).nonzero()[:, 0].tolist()
+        background = (row <= SIGN).nonzero()[:, 0].tolist()
+        rng.shuffle(content)
+        rng.shuffle(background)
+        rows.append(torch.tensor(sorted((content + background)[:k])))
+    return torch.stack(rows)
+
+
 def grounding_loss(log_attention: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
     """-log of the attention mass on the patches each answer token needs (tokens that need none are skipped)."""
     has = evidence.any(-1)
@@ -482,6 +504,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--prune-augment", type=float, default=0.0, help="share of batches whose visual tokens are randomly pruned"
     )
+    parser.add_argument(
+        "--prune-content", type=float, default=0.0, help="share of those whose subsets keep content patches first"
+    )
     parser.add_argument("--prune-sizes", type=int, nargs="+", default=[64, 128, 192, 288], help="their token counts")
     parser.add_argument("--init-from", type=Path, default=None, help="continue from a saved run's folder (all layers)")
     parser.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps")
@@ -549,7 +574,10 @@ def main(argv: list[str] | None = None) -> None:
         batch = make_batch(rng, tokenizer, processor, args.batch, args.turns, num_shapes)
         kept = None
         if args.prune_augment and rng.random() < args.prune_augment:
-            kept = random_kept(rng, args.batch, batch[4].shape[1], tuple(args.prune_sizes))
+            if rng.random() < args.prune_content:
+                kept = content_first_kept(rng, batch[4], tuple(args.prune_sizes))
+            else:
+                kept = random_kept(rng, args.batch, batch[4].shape[1], tuple(args.prune_sizes))
         answer_loss, patch_loss, ground_loss, cls = loss_of(
             model, batch, patch_head, words, active, args.ground_layer, keyword_ids, cls_head, kept
         )
