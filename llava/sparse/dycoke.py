@@ -30,20 +30,13 @@ from llava.model.anyres import MergeLayout
 from llava.sparse.attention_rows import RowsRequest
 from llava.sparse.budget import Budget
 from llava.sparse.engine import DecodePlan, PruningMethod, VisualLayout
-from llava.sparse.registry import VIDEO, methods_that_apply, register
+from llava.sparse.registry import VIDEO, family_of, methods_that_apply, register
 
 DEFAULT_K = 0.7  # the lmms-eval wrapper's default and the paper's headline row (K = 0.7)
 DEFAULT_P = 0.7  # the paper's and the README example's p (its 14.25 % retained ratio); the lmms-eval wrapper has 0.8
 DEFAULT_L = 3
 SIMILAR = 0.9  # cos(a, a_prev) at or above which a step attends to the full cache
 ORDERS = ("similarity", "raster")
-VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
-
-
-def supports_video(model) -> bool:
-    """Whether `model` takes video clips (Video-LLaVA, original or -hf; Qwen2-VL / Qwen2.5-VL)."""
-    config = model.config
-    return bool(getattr(config, "is_video_llava", False)) or getattr(config, "model_type", None) in VIDEO_FAMILIES
 
 
 def frame_tokens(tokens: MergeLayout) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -80,7 +73,7 @@ class VideoPruning(PruningMethod):
             )
 
     def validate(self, model) -> None:
-        if not supports_video(model):
+        if family_of(model) not in VIDEO:  # Video-LLaVA, Qwen2-VL / Qwen2.5-VL take clips
             raise ValueError(
                 f"{self.name} prunes video clips only; this checkpoint takes no videos. Load Video-LLaVA or "
                 f"Qwen2(.5)-VL, or use an image method. {methods_that_apply(model)}."

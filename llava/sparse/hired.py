@@ -109,8 +109,7 @@ class HiRED(PruningMethod):
         return f"hired {knob} alpha {self.alpha:g} ({self.partition})"
 
     def validate(self, model) -> None:
-        config = model.config
-        if not getattr(config, "is_anyres", False):
+        if family_of(model) != LLAVA_NEXT:
             raise ValueError(
                 f"HiRED spreads its budget over LLaVA-NeXT's anyres views; {family_of(model)} has none (on LLaVA-1.5, "
                 f"HiRED's variant is fastervlm's top-k by [CLS] attention). {methods_that_apply(model)}."

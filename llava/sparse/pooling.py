@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from llava.model.anyres import MERGED, MergeLayout, frames_layout
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection
-from llava.sparse.registry import register
+from llava.sparse.registry import QWEN_VL, family_of, register
 
 STAGES = ("post_proj", "pre_proj")
 
@@ -139,7 +139,7 @@ class GridPooling(PruningMethod):
         return f"pool {self.budget.describe()} tokens{grid}{where}"
 
     def validate(self, model) -> None:
-        self.qwen = getattr(model.config, "image_aspect_ratio", None) == "qwen"
+        self.qwen = family_of(model) == QWEN_VL
         if self.qwen and self.stage == "pre_proj":
             raise ValueError("pool: Qwen-VL's merger output is already the LLM's input; use --pool-stage post_proj")
         tower = model.get_vision_tower()

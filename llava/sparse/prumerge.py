@@ -42,7 +42,7 @@ from llava.model.anyres import MergeLayout
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection
 from llava.sparse.pooling import layout_from
-from llava.sparse.registry import LLAVA_15, VIDEO_LLAVA, methods_that_apply, register
+from llava.sparse.registry import LLAVA_15, LLAVA_NEXT, QWEN_VL, VIDEO_LLAVA, family_of, methods_that_apply, register
 
 MODES = ("auto", "adaptive", "fixed")
 NEIGHBOURS = 32
@@ -152,13 +152,12 @@ class PruMerge(PruningMethod):
         return f"{self.name} fixed {self.budget.describe()} tokens per image (extra token included)"
 
     def validate(self, model) -> None:
-        config = model.config
-        if getattr(config, "image_aspect_ratio", None) == "qwen":
+        if family_of(model) == QWEN_VL:
             raise ValueError(
                 f"{self.name} ranks patches by the vision tower's [CLS] attention, and Qwen-VL's tower has no [CLS] "
                 f"token. {methods_that_apply(model)}."
             )
-        if getattr(config, "is_anyres", False):
+        if family_of(model) == LLAVA_NEXT:
             raise ValueError(
                 f"{self.name} works on single-view LLaVA-1.5 images (and Video-LLaVA frames); LLaVA-NeXT's anyres "
                 f"views are not supported. {methods_that_apply(model)}."
