@@ -241,7 +241,7 @@ def test_images_and_short_models_are_refused(parity):
 
 
 def test_qwen_video_keeps_the_kept_tokens_3d_ids(tmp_path):
-    """Frame pairs are HoliTom's frames, scored by the identity-projection attention of their merged tokens; every
+    """Frame pairs are HoliTom's frames, scored by the attention their patches receive in the tower; every
     token (a static one: its window's first frame at its centre's cell) has the M-RoPE ids of its cell; the inner
     merge runs after layer 1 and a batch of two equals one by one."""
     from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
@@ -275,3 +275,60 @@ def test_qwen_video_keeps_the_kept_tokens_3d_ids(tmp_path):
         alone, _ = run(model, HoliTom(0.5, tau=0.5, k=2), ids[i][None], videos[i : i + 1], 3)
         assert together[i].tolist() == alone[0].tolist()
     assert all(len(account.visual_schedule()) == 3 for account in accounts)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_qwen_tower_score_equals_eager_attention(tmp_path, family):
+    """Qwen-VL's score: at the tower's last full-attention block, each frame pair's attention (transformers' eager
+    attention, weights captured) averaged over heads and queries per patch, then over each merged token's 2 x 2
+    patches, in the merged tokens' order; that order is the one transformers gives the merger's output."""
+    import importlib
+
+    from transformers import AttentionInterface
+
+    from llava.model.language_model.qwen_vl import in_merged_order, run_with_attention_received
+    from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
+
+    from .test_qwen_video import frames
+
+    folder = write_tiny_qwen_vl(tmp_path / family, family=family, seed=4)
+    _, model, processor, _ = load_pretrained_model(str(folder), device="cpu", pruning=None)
+    sizes = {"min_pixels": 28 * 28 * 40, "max_pixels": 28 * 28 * 48}  # 8 x 6 merged tokens: 2 x 2 windows of 4 x 4
+    clips = [model.load_video(frames(9, 4, 224, 168), processor, fps=1.0, **sizes)]
+    clips.append(model.load_video(frames(5, 4, 168, 224), processor, fps=1.0, **sizes))
+    visual = model.model.visual
+    pixels = torch.cat([clip.pixels for clip in clips]).to(visual.dtype)
+    thw = torch.tensor([[int(x) for x in clip.grid_thw] for clip in clips])
+    full_blocks = getattr(visual, "fullatt_block_indexes", None) or [len(visual.blocks) - 1]
+    scored = visual.blocks[max(full_blocks)].attn
+    eager = importlib.import_module(type(scored).__module__).eager_attention_forward
+    weights, merger_input = [], []
+
+    def capture(module, *args, **kwargs):
+        output, attention = eager(module, *args, **kwargs)
+        if module is scored:
+            weights.append(attention[0])  # [heads, S, S]: one frame pair
+        return output, attention
+
+    AttentionInterface.register("holitom_capture", capture)
+    previous = visual.config._attn_implementation
+    visual.config._attn_implementation = "holitom_capture"
+    handle = visual.merger.register_forward_pre_hook(lambda module, args: merger_input.append(args[0]))
+    try:
+        with torch.no_grad():
+            reference = visual(pixels, grid_thw=thw).pooler_output
+    finally:
+        visual.config._attn_implementation = previous
+        handle.remove()
+    with torch.no_grad():
+        merged, scores = run_with_attention_received(visual, pixels, thw)
+        # the ordering, checked on the merger: our order applied to its rows gives transformers' output
+        assert torch.equal(in_merged_order(visual, visual.merger(merger_input[0]), thw), reference)
+        if family == "qwen2_5_vl":  # and the blocks' order is not the merged one there
+            assert not torch.equal(visual.merger(merger_input[0]), reference)
+    torch.testing.assert_close(merged, reference, atol=1e-5, rtol=0)
+    per_patch = torch.cat([w.mean(dim=0).mean(dim=0) for w in weights])  # the blocks' order
+    assert len(weights) == int(thw[:, 0].sum()) and len(per_patch) == len(pixels)
+    expected = in_merged_order(visual, per_patch.view(-1, 4).mean(dim=1), thw)
+    torch.testing.assert_close(scores, expected.float(), atol=1e-5, rtol=0)
+    assert not torch.allclose(scores, torch.full_like(scores, float(scores.mean())))  # not uniform

@@ -402,6 +402,9 @@ class PruningMethod:
     name = "none"
     needs_cls_attention = False  # whether select_before_llm wants the tower's [CLS] attention row
     needs_full_tower = False  # whether the method reads tower layers after the selected one (the loader keeps them)
+    # whether select_projected wants, on a tower without [CLS] (Qwen-VL), each token's mean attention received at the
+    # tower's last full-attention layer (per frame pair: [frames, tokens])
+    needs_attention_received = False
     prune_newlines = False  # whether in-LLM ranking may drop LLaVA-NeXT's newline tokens
     # The anyres grid rule and merge this method's reference used (None: the checkpoint's; see llava.model.anyres)
     grid_rule: str | None = None

@@ -12,9 +12,9 @@ Outer merge, on a clip's projected tokens before the LLM (the reference's `holit
 The score is SigLIP's "mean attention received" at the last kept layer. On Video-LLaVA's LanguageBind tower it is the
 same quantity at the selected layer (-2): per frame, the spatial attention averaged over heads and over all queries,
 [CLS] included, read at the patch keys; computed from that layer's normed input and q/k projections one frame at a
-time (one [heads, N, N] map alive at once). Qwen-VL's tower reaches us only as merged tokens (no hook on its windowed
-attention), so there the score is a documented substitute: the mean attention received under identity projections,
-softmax(x x^T / sqrt(D)) over each frame pair's merged tokens averaged over queries.
+time (one [heads, N, N] map alive at once). On Qwen-VL it is read at the tower's last full-attention block (SigLIP's
+last layer attends over the whole frame too): per frame pair, the attention each 14-px patch receives averaged over
+heads and queries, then over the 2 x 2 patches of each merged token (`qwen_vl.run_with_attention_received`).
 
 Frames are our layouts' views (Video-LLaVA frames; Qwen-VL frame pairs). Video-LLaVA's [CLS] tokens are kept, unpruned
 and outside the ratio, at the head of their frame's dynamic tokens. A merged token takes its representative's
@@ -132,13 +132,6 @@ def mean_attention_received(tower, videos: torch.Tensor) -> tuple[torch.Tensor, 
     return hidden.to(videos.dtype), torch.stack(scores).view(videos.shape[0], tower.num_frames, -1)
 
 
-def attention_proxy(features: torch.Tensor) -> torch.Tensor:
-    """[F, n]: mean attention each token receives under identity projections, softmax(x x^T / sqrt(D)) averaged over
-    queries, per frame (HoliTom's score where the tower's attention is not at hand: Qwen-VL)."""
-    x = features.float()
-    return (torch.matmul(x, x.transpose(1, 2)) / x.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=1)
-
-
 def running_merge(states: torch.Tensor, scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The inner merge on one sample's visual states [n, D]: the `keep` top-scoring tokens stay (indices sorted);
     every other token, in index order, is averaged into its most cosine-similar kept token, h <- (h + h_d) / 2.
@@ -175,6 +168,7 @@ class HoliTom(VideoPruning):
     the scripts' value for the ratio (`scripts_tau`)."""
 
     name = "holitom"
+    needs_attention_received = True  # Qwen-VL's tower signal (Video-LLaVA's comes from tower_outputs)
 
     def __init__(
         self,
@@ -237,12 +231,10 @@ class HoliTom(VideoPruning):
         features = frame_features(patches, embeddings)  # [F, n, D]
         flops = self.tower_flops + 3.0 * (frames - 1) * n * dim
         if signals is None:
-            scores = attention_proxy(features)
-            flops += 1.0 * frames * n * n * dim
-        else:
-            scores = signals.to(embeddings.device).float()
-            if tuple(scores.shape) != (frames, n):
-                raise ValueError(f"HoliTom: tower scores {tuple(scores.shape)} do not match {frames} x {n} patches")
+            raise ValueError("HoliTom ranks by the vision tower's mean attention received; this tower gave none")
+        scores = signals.to(embeddings.device).float()
+        if tuple(scores.shape) != (frames, n):
+            raise ValueError(f"HoliTom: tower scores {tuple(scores.shape)} do not match {frames} x {n} patches")
         ratio = self.clip_ratio(tokens)
         tau = scripts_tau(ratio) if self.tau is None else self.tau
         normed = F.normalize(features.float(), dim=-1)

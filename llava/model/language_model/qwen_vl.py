@@ -192,6 +192,59 @@ def video_metadata(path: str | os.PathLike) -> tuple[int, float]:
     return total, float(rate)
 
 
+def attention_received(attn, hidden: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """[N] float32: the attention each patch receives in one vision block's full attention (each `cu_seqlens`
+    segment, an image or frame pair, attends within itself), averaged over heads and over the segment's queries;
+    recomputed from the block's normed input and qkv projection with its rotary embedding, one [S, S] map at a time."""
+    import sys
+
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+    q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = rotate(q, k, *position_embeddings)  # [N, heads, head_dim]
+    received = torch.zeros(len(hidden), dtype=torch.float32, device=hidden.device)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        for head in range(attn.num_heads):
+            scores = q[start:end, head].float() @ k[start:end, head].float().T * attn.scaling
+            received[start:end] += scores.softmax(dim=-1).mean(dim=0) / attn.num_heads
+    return received
+
+
+def run_with_attention_received(visual, pixels: torch.Tensor, grid_thw: torch.Tensor):
+    """(merged tokens [M, D], each merged token's mean attention received [M]) of one run of Qwen-VL's vision tower:
+    the attention its patches receive at the tower's last full-attention block (Qwen2.5-VL: the last of
+    `fullatt_block_indexes`; Qwen2-VL: the last block), the mean of its 2 x 2 patches, in the merged tokens' order.
+    HoliTom's score on a tower without [CLS] (SigLIP's "mean attention received" at its last layer)."""
+    full_blocks = getattr(visual, "fullatt_block_indexes", None) or [len(visual.blocks) - 1]
+    attn = visual.blocks[max(full_blocks)].attn
+    captured = []
+
+    def capture(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        captured.append(attention_received(module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]))
+
+    handle = attn.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        merged = visual(pixels, grid_thw=grid_thw).pooler_output
+    finally:
+        handle.remove()
+    per_unit = captured[0].view(-1, visual.spatial_merge_size**2).mean(dim=1)
+    return merged, in_merged_order(visual, per_unit, grid_thw)
+
+
+def in_merged_order(visual, per_unit: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Rows given per 2 x 2 merge unit in the vision blocks' order, put in the merged tokens' order: Qwen2.5-VL's
+    blocks see the units permuted window by window (undone after its merger); Qwen2-VL's see them in order."""
+    if not hasattr(visual, "window_size"):
+        return per_unit
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(
+        grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
+    )
+    return per_unit[torch.argsort(window_index.to(per_unit.device))]
+
+
 def video_layout(frame_pairs: int, rows: int, cols: int) -> MergeLayout:
     """The merged block of a clip: one view per frame pair (view = temporal index), each a `rows` x `cols` raster, so
     per-view (per-frame) methods act on each frame pair."""
@@ -341,11 +394,11 @@ class QwenVLForCausalLM(VisionLanguageModel):
             encoded.append(EncodedImage(block, tokens, len(full), self.pruning.take_flops()))
         return encoded
 
-    def _select(self, full, feats: torch.Tensor, views: torch.Tensor):
+    def _select(self, full, feats: torch.Tensor, views: torch.Tensor, signals: torch.Tensor | None = None):
         """The pruning method's pre-LLM choice on one block of merged tokens (`feats` [n, D], already in the LLM's
-        space; `views` the same per view): `select_tokens`, then `select_projected`."""
+        space; `views` the same per view): `select_tokens`, then `select_projected` (with the tower's `signals`)."""
         tokens, block = apply_selection(full, feats, self.pruning.select_tokens(full, views, None))
-        return apply_selection(tokens, block, self.pruning.select_projected(tokens, block, None))
+        return apply_selection(tokens, block, self.pruning.select_projected(tokens, block, signals))
 
     def encode_videos(self, videos: Sequence[QwenVideo]) -> list[EncodedVideo]:
         """Per clip, its merged tokens in (frame pair, row, column) order (the tower runs once over all clips; its
@@ -375,13 +428,21 @@ class QwenVLForCausalLM(VisionLanguageModel):
         visual = self.model.visual
         thw = torch.tensor(grids, device=self.input_device)
         pixels = torch.cat([video.pixels for video in videos]).to(self.input_device, visual.dtype)
-        merged = visual(pixels, grid_thw=thw).pooler_output
+        sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in grids]
+        if self.pruning.needs_attention_received:
+            merged, received = run_with_attention_received(visual, pixels, thw)
+            received = received.split(sizes)
+        else:
+            merged, received = visual(pixels, grid_thw=thw).pooler_output, [None] * len(videos)
         tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", None)
         encoded = []
-        sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in grids]
-        for feats, (t, h, w), video in zip(merged.split(sizes), grids, videos, strict=True):
+        for feats, (t, h, w), video, scores in zip(merged.split(sizes), grids, videos, received, strict=True):
             full = video_layout(t, h // MERGE, w // MERGE)
-            tokens, block = self._select(full, feats, feats.view(t, -1, feats.shape[-1]))
+            signals = None if scores is None else scores.view(t, -1)
+            if scores is not None:  # the tower work done for the method: q, k of the block and one map per frame pair
+                width = visual.config.hidden_size
+                self.pruning.record_flops(t * (4.0 * h * w * width * width + 2.0 * (h * w) ** 2 * width))
+            tokens, block = self._select(full, feats, feats.view(t, -1, feats.shape[-1]), signals)
             if self.config.model_type == "qwen2_5_vl":  # float32, as transformers multiplies the processor's tensor
                 interval = tokens_per_second * torch.tensor(video.second_per_grid_t, dtype=torch.float32)
             else:
