@@ -90,7 +90,7 @@ def test_outer_merge_on_a_hand_made_clip():
     method = HoliTom(0.5, tau=0.9, k=0)
     method.prepare(None, torch.tensor([[1, 2]]))
     layout = frames_layout(4, 2, cls=True)
-    chosen = method.select_projected(layout, embeddings, scores)
+    chosen = method.select_projected(layout, embeddings, {"received": scores})
     assert isinstance(chosen, Selection)
     expected_rows = [
         patches[:3, 0].mean(dim=0),
@@ -106,7 +106,7 @@ def test_outer_merge_on_a_hand_made_clip():
     # keep everything: ratio 1 and tau 1 (no static window) give the block back in order
     everything = HoliTom(1.0, tau=1.0, k=0)
     everything.prepare(None, torch.tensor([[1]]))
-    same = everything.select_projected(layout, embeddings, scores)
+    same = everything.select_projected(layout, embeddings, {"received": scores})
     assert torch.equal(same.features, embeddings) and torch.equal(same.tokens.patch, layout.patch)
 
 
@@ -279,9 +279,10 @@ def test_qwen_video_keeps_the_kept_tokens_3d_ids(tmp_path):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
 def test_qwen_tower_score_equals_eager_attention(tmp_path, family):
-    """Qwen-VL's score: at the tower's last full-attention block, each frame pair's attention (transformers' eager
-    attention, weights captured) averaged over heads and queries per patch, then over each merged token's 2 x 2
-    patches, in the merged tokens' order; that order is the one transformers gives the merger's output."""
+    """Qwen-VL's tower signals: at the tower's last full-attention block, each frame pair's attention (transformers'
+    eager attention, weights captured) averaged over heads and queries per patch, and the head-mean keys after the
+    rotary embedding, both averaged over each merged token's 2 x 2 patches, in the merged tokens' order; that order
+    is the one transformers gives the merger's output."""
     import importlib
 
     from transformers import AttentionInterface
@@ -302,12 +303,13 @@ def test_qwen_tower_score_equals_eager_attention(tmp_path, family):
     full_blocks = getattr(visual, "fullatt_block_indexes", None) or [len(visual.blocks) - 1]
     scored = visual.blocks[max(full_blocks)].attn
     eager = importlib.import_module(type(scored).__module__).eager_attention_forward
-    weights, merger_input = [], []
+    weights, key_states, merger_input = [], [], []
 
-    def capture(module, *args, **kwargs):
-        output, attention = eager(module, *args, **kwargs)
+    def capture(module, query, key, value, *args, **kwargs):
+        output, attention = eager(module, query, key, value, *args, **kwargs)
         if module is scored:
             weights.append(attention[0])  # [heads, S, S]: one frame pair
+            key_states.append(key[0].mean(dim=0))  # [S, head_dim]: after the rotary embedding, head-mean
         return output, attention
 
     AttentionInterface.register("holitom_capture", capture)
@@ -321,7 +323,7 @@ def test_qwen_tower_score_equals_eager_attention(tmp_path, family):
         visual.config._attn_implementation = previous
         handle.remove()
     with torch.no_grad():
-        merged, scores = run_with_attention_received(visual, pixels, thw)
+        merged, scores, keys = run_with_attention_received(visual, pixels, thw)
         # the ordering, checked on the merger: our order applied to its rows gives transformers' output
         assert torch.equal(in_merged_order(visual, visual.merger(merger_input[0]), thw), reference)
         if family == "qwen2_5_vl":  # and the blocks' order is not the merged one there
@@ -331,4 +333,6 @@ def test_qwen_tower_score_equals_eager_attention(tmp_path, family):
     assert len(weights) == int(thw[:, 0].sum()) and len(per_patch) == len(pixels)
     expected = in_merged_order(visual, per_patch.view(-1, 4).mean(dim=1), thw)
     torch.testing.assert_close(scores, expected.float(), atol=1e-5, rtol=0)
+    expected_keys = in_merged_order(visual, torch.cat(key_states).view(len(scores), 4, -1).mean(dim=1), thw)
+    torch.testing.assert_close(keys, expected_keys.float(), atol=1e-5, rtol=0)
     assert not torch.allclose(scores, torch.full_like(scores, float(scores.mean())))  # not uniform

@@ -218,7 +218,7 @@ class HoliTom(VideoPruning):
         features, scores = mean_attention_received(tower, pixels)
         tokens, width = features.shape[2], tower.hidden_size
         self.tower_flops = tower.num_frames * (2.0 * tokens * width * width + 1.0 * tokens * tokens * width)
-        return features, scores
+        return features, {"received": scores}
 
     def clip_ratio(self, tokens) -> float:
         if self.budget is None:
@@ -232,7 +232,7 @@ class HoliTom(VideoPruning):
         flops = self.tower_flops + 3.0 * (frames - 1) * n * dim
         if signals is None:
             raise ValueError("HoliTom ranks by the vision tower's mean attention received; this tower gave none")
-        scores = signals.to(embeddings.device).float()
+        scores = signals["received"].to(embeddings.device).float()
         if tuple(scores.shape) != (frames, n):
             raise ValueError(f"HoliTom: tower scores {tuple(scores.shape)} do not match {frames} x {n} patches")
         ratio = self.clip_ratio(tokens)

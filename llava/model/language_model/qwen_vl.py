@@ -192,10 +192,11 @@ def video_metadata(path: str | os.PathLike) -> tuple[int, float]:
     return total, float(rate)
 
 
-def attention_received(attn, hidden: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings) -> torch.Tensor:
-    """[N] float32: the attention each patch receives in one vision block's full attention (each `cu_seqlens`
-    segment, an image or frame pair, attends within itself), averaged over heads and over the segment's queries;
-    recomputed from the block's normed input and qkv projection with its rotary embedding, one [S, S] map at a time."""
+def attention_received(attn, hidden: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings):
+    """([N] float32, [N, head_dim] float32) of one vision block: the attention each patch receives in its full
+    attention (each `cu_seqlens` segment, an image or frame pair, attends within itself), averaged over heads and
+    over the segment's queries, and its keys (after the rotary embedding) averaged over heads; recomputed from the
+    block's normed input and qkv projection, one [S, S] map at a time."""
     import sys
 
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
@@ -207,14 +208,20 @@ def attention_received(attn, hidden: torch.Tensor, cu_seqlens: torch.Tensor, pos
         for head in range(attn.num_heads):
             scores = q[start:end, head].float() @ k[start:end, head].float().T * attn.scaling
             received[start:end] += scores.softmax(dim=-1).mean(dim=0) / attn.num_heads
-    return received
+    return received, k.float().mean(dim=1)
+
+
+def attention_received_flops(frames: int, patches: int, width: int) -> float:
+    """What `attention_received` costs on one image or clip: q and k of the block, one map per frame (pair)."""
+    return frames * (4.0 * patches * width * width + 2.0 * patches * patches * width)
 
 
 def run_with_attention_received(visual, pixels: torch.Tensor, grid_thw: torch.Tensor):
-    """(merged tokens [M, D], each merged token's mean attention received [M]) of one run of Qwen-VL's vision tower:
-    the attention its patches receive at the tower's last full-attention block (Qwen2.5-VL: the last of
-    `fullatt_block_indexes`; Qwen2-VL: the last block), the mean of its 2 x 2 patches, in the merged tokens' order.
-    HoliTom's score on a tower without [CLS] (SigLIP's "mean attention received" at its last layer)."""
+    """(merged tokens [M, D], received [M], keys [M, head_dim]) of one run of Qwen-VL's vision tower: at the tower's
+    last full-attention block (Qwen2.5-VL: the last of `fullatt_block_indexes`, the last block in the released
+    models; Qwen2-VL: the last block), the attention each patch receives and its head-mean key, each averaged over
+    the 2 x 2 patches of a merged token, in the merged tokens' order. HoliTom's score on a tower without [CLS]
+    (SigLIP's "mean attention received" at its last layer) and VisionZip's Qwen2.5-VL port's score and keys."""
     full_blocks = getattr(visual, "fullatt_block_indexes", None) or [len(visual.blocks) - 1]
     attn = visual.blocks[max(full_blocks)].attn
     captured = []
@@ -228,8 +235,11 @@ def run_with_attention_received(visual, pixels: torch.Tensor, grid_thw: torch.Te
         merged = visual(pixels, grid_thw=grid_thw).pooler_output
     finally:
         handle.remove()
-    per_unit = captured[0].view(-1, visual.spatial_merge_size**2).mean(dim=1)
-    return merged, in_merged_order(visual, per_unit, grid_thw)
+    unit = visual.spatial_merge_size**2
+    received, keys = captured[0]
+    received = in_merged_order(visual, received.view(-1, unit).mean(dim=1), grid_thw)
+    keys = in_merged_order(visual, keys.view(-1, unit, keys.shape[-1]).mean(dim=1), grid_thw)
+    return merged, received, keys
 
 
 def in_merged_order(visual, per_unit: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -384,19 +394,39 @@ class QwenVLForCausalLM(VisionLanguageModel):
                     "processor (process_images(images, image_processor, model.config))"
                 )
         thw = torch.tensor([[1, rows * MERGE, cols * MERGE] for rows, cols in grids], device=self.input_device)
-        visual = self.model.visual
-        pixels = torch.cat(list(images)).to(self.input_device, visual.dtype)
-        merged = visual(pixels, grid_thw=thw).pooler_output
         encoded = []
-        for feats, (rows, cols) in zip(merged.split([r * c for r, c in grids]), grids, strict=True):
+        for feats, signals, (rows, cols) in zip(*self._run_tower(torch.cat(list(images)), thw), grids, strict=True):
             full = grid_layout(rows, cols)
-            tokens, block = self._select(full, feats, feats[None])
+            tokens, block = self._select(full, feats, feats[None], signals)
             encoded.append(EncodedImage(block, tokens, len(full), self.pruning.take_flops()))
         return encoded
 
-    def _select(self, full, feats: torch.Tensor, views: torch.Tensor, signals: torch.Tensor | None = None):
+    def _run_tower(self, pixels: torch.Tensor, thw: torch.Tensor):
+        """The vision tower once over a batch of images or clips (`thw` their grids): each one's merged tokens and
+        its tower signals, None unless the method `needs_attention_received`: {"received": [frame pairs, tokens],
+        "keys": [frame pairs, tokens, head_dim]} (`run_with_attention_received`; the tower work is counted for the
+        method, each item's when its block is selected)."""
+        visual = self.model.visual
+        pixels = pixels.to(self.input_device, visual.dtype)
+        sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in thw.tolist()]
+        if not self.pruning.needs_attention_received:
+            return visual(pixels, grid_thw=thw).pooler_output.split(sizes), [None] * len(sizes)
+        merged, received, keys = run_with_attention_received(visual, pixels, thw)
+        signals = [
+            {
+                "received": r.view(t, -1),
+                "keys": k.view(t, -1, k.shape[-1]),
+                "flops": attention_received_flops(t, h * w, visual.config.hidden_size),
+            }
+            for (t, h, w), r, k in zip(thw.tolist(), received.split(sizes), keys.split(sizes), strict=True)
+        ]
+        return merged.split(sizes), signals
+
+    def _select(self, full, feats: torch.Tensor, views: torch.Tensor, signals: dict | None = None):
         """The pruning method's pre-LLM choice on one block of merged tokens (`feats` [n, D], already in the LLM's
         space; `views` the same per view): `select_tokens`, then `select_projected` (with the tower's `signals`)."""
+        if signals is not None:
+            self.pruning.record_flops(signals["flops"])
         tokens, block = apply_selection(full, feats, self.pruning.select_tokens(full, views, None))
         return apply_selection(tokens, block, self.pruning.select_projected(tokens, block, signals))
 
@@ -425,23 +455,12 @@ class QwenVLForCausalLM(VisionLanguageModel):
                     "model.load_video(frames, image_processor)"
                 )
             grids.append((t, h, w))
-        visual = self.model.visual
         thw = torch.tensor(grids, device=self.input_device)
-        pixels = torch.cat([video.pixels for video in videos]).to(self.input_device, visual.dtype)
-        sizes = [t * (h // MERGE) * (w // MERGE) for t, h, w in grids]
-        if self.pruning.needs_attention_received:
-            merged, received = run_with_attention_received(visual, pixels, thw)
-            received = received.split(sizes)
-        else:
-            merged, received = visual(pixels, grid_thw=thw).pooler_output, [None] * len(videos)
+        pixels = torch.cat([video.pixels for video in videos])
         tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", None)
         encoded = []
-        for feats, (t, h, w), video, scores in zip(merged.split(sizes), grids, videos, received, strict=True):
+        for feats, signals, (t, h, w), video in zip(*self._run_tower(pixels, thw), grids, videos, strict=True):
             full = video_layout(t, h // MERGE, w // MERGE)
-            signals = None if scores is None else scores.view(t, -1)
-            if scores is not None:  # the tower work done for the method: q, k of the block and one map per frame pair
-                width = visual.config.hidden_size
-                self.pruning.record_flops(t * (4.0 * h * w * width * width + 2.0 * (h * w) ** 2 * width))
             tokens, block = self._select(full, feats, feats.view(t, -1, feats.shape[-1]), signals)
             if self.config.model_type == "qwen2_5_vl":  # float32, as transformers multiplies the processor's tensor
                 interval = tokens_per_second * torch.tensor(video.second_per_grid_t, dtype=torch.float32)
