@@ -14,6 +14,7 @@ from llava.sparse.engine import PruningMethod
 from llava.sparse.fastv import FastV, FastVPlan
 from llava.sparse.pre_llm import FasterVLM, RandomPruning, UniformPruning
 from llava.sparse.sparsevlm import SparseVLM, mrope_gravity, select_raters
+from llava.sparse.visionzip import VisionZip
 
 from .helpers import random_image
 
@@ -66,6 +67,7 @@ METHODS = [
     RandomPruning(40),
     UniformPruning(40),
     FastV(k=2, drop_ratio=0.5),
+    VisionZip(40),  # LightCompress's port: 34 dominant + 6 contextual per image
 ]
 
 
@@ -82,7 +84,7 @@ def test_batch_of_three_sizes_equals_one_by_one(qwen16, batch, method):
         assert accounts[i].visual_after_layer == alone_accounts[0].visual_after_layer
 
 
-@pytest.mark.parametrize("method", METHODS[:4] + METHODS[5:6], ids=lambda m: m.describe())
+@pytest.mark.parametrize("method", METHODS[:4] + METHODS[5:6] + METHODS[-1:], ids=lambda m: m.describe())
 def test_budget_is_an_absolute_count_per_image(qwen16, batch, method):
     _, _, model, _ = qwen16
     ids, px, sizes = batch
@@ -99,7 +101,12 @@ def test_keep_everything_gives_the_unpruned_logits(qwen16, batch):
     _, _, model, _ = qwen16
     ids, px, sizes = batch
     unpruned = model(ids, images=px, image_sizes=sizes)
-    for method in (FastV(k=2, retained_tokens=10_000), RandomPruning(10_000), UniformPruning(10_000)):
+    for method in (
+        FastV(k=2, retained_tokens=10_000),
+        RandomPruning(10_000),
+        UniformPruning(10_000),
+        VisionZip(10_000),
+    ):
         model.set_pruning(method)
         try:
             torch.testing.assert_close(model(ids, images=px, image_sizes=sizes), unpruned, atol=1e-5, rtol=0)

@@ -1,11 +1,11 @@
 """VisionZip: the spec's hand-computed example, the [CLS] row and keys against transformers' eager CLIP (image and
 LanguageBind video towers), the whole block against an independent port of the official tensor arithmetic on
 LLaVA-1.5 and in the official LLaVA-NeXT order, keep-everything = unpruned and batch = one by one on LLaVA-1.5,
-LLaVA-NeXT and Video-LLaVA, budgets, flags and the refusal of towers without [CLS]."""
+LLaVA-NeXT and Video-LLaVA, budgets and flags; the Qwen-VL port by hand (its batches and budgets in
+test_pruning_qwen)."""
 
 import argparse
 import copy
-import types
 
 import pytest
 import torch
@@ -220,11 +220,29 @@ def test_flags_and_the_one_switch():
         pruning_from_args(_args("--method", "visionzip", "--visionzip-dominant", "54"), {})
 
 
-def test_towers_without_cls_are_refused_with_the_methods_that_apply(loaded):
-    tower = types.SimpleNamespace()  # Qwen-VL's tower: no [CLS] token, no forward_with_cls_attention
-    with pytest.raises(ValueError, match=r"no \[CLS\].*sparsevlm, fastv, random, uniform"):
-        qwen = types.SimpleNamespace(image_aspect_ratio="qwen")
-        VisionZip(64).validate(types.SimpleNamespace(get_vision_tower=lambda: tower, config=qwen))
+def test_qwen_port_by_hand():
+    """Qwen-VL (LightCompress's port), on 8 merged tokens: tokens 4, 1, 5 receive the most attention (D = 3); rows
+    0, 2, 3, 6, 7 remain (R = 5, step 2: targets are rows 0 and 3); row 2 has row 0's key, rows 6 and 7 row 3's. The
+    tokens stay in place, each contextual one at its target's cell: target + mean of its members' embeddings."""
+    from llava.model.anyres import grid_layout
+
+    torch.manual_seed(0)
+    embeddings = torch.randn(8, 5)
+    received = torch.tensor([[0.10, 0.50, 0.20, 0.05, 0.90, 0.30, 0.00, 0.15]])
+    keys = torch.randn(1, 8, 3)
+    keys[0, 2], keys[0, [6, 7]] = keys[0, 0].clone(), keys[0, 3].clone()
+    chosen = VisionZip(dominant=3, contextual=2).select_projected(
+        grid_layout(2, 4), embeddings, {"received": received, "keys": keys}
+    )
+    assert chosen.tokens.patch.tolist() == [0, 1, 3, 4, 5] and chosen.tokens.num_merged == 0
+    expected = embeddings[[0, 1, 3, 4, 5]].clone()
+    expected[0] = embeddings[0] + embeddings[2]
+    expected[2] = embeddings[3] + (embeddings[6] + embeddings[7]) / 2
+    torch.testing.assert_close(chosen.features, expected)
+    assert VisionZip(8).select_projected(grid_layout(2, 4), embeddings, {"received": received, "keys": keys}) is None
+
+
+def test_refused_budgets(loaded):
     _, model, _, _ = loaded
     with pytest.raises(ValueError, match="1..576"):
         model.set_pruning(VisionZip(577))
@@ -333,3 +351,29 @@ def test_video_per_frame_keep_everything_and_batch_equal_one_by_one(video):
         model.set_pruning(None)
     assert tokens.view.tolist() == sum(([f] * 7 + [MERGED] for f in range(8)), [])  # per frame [CLS, dominant, ctx]
     assert tokens.patch.tolist()[::8] == [-1] * 8
+
+
+def test_qwen_clip_is_one_set_and_keeps_its_cells_ids(tmp_path):
+    """On a Qwen clip the port chooses among all its frame pairs' tokens at once (as LightCompress's, on the whole
+    prompt), exactly the budget; every kept token, contextual ones included, keeps the M-RoPE ids of its cell."""
+    from llava.testing.qwen_checkpoints import write_tiny_qwen_vl
+
+    from .test_qwen_video import SMALL, frames
+    from .test_qwen_video import prompt as qwen_prompt
+
+    folder = write_tiny_qwen_vl(tmp_path / "qwen", seed=1)
+    tokenizer, model, processor, _ = load_pretrained_model(str(folder), device="cpu", pruning=None)
+    clip = model.load_video(frames(10, 8, 56, 84), processor, fps=1.0, **SMALL)
+    ids = qwen_prompt(tokenizer, model, "What?")[None]
+    full = model.prepare_inputs(ids, videos=[clip])
+    model.set_pruning(VisionZip(10))
+    try:
+        pruned = model.prepare_inputs(ids, videos=[clip])
+    finally:
+        model.set_pruning(None)
+    tokens = pruned.images[0].tokens
+    (start, count), (full_start, full_count) = pruned.image_spans[0][0], full.image_spans[0][0]
+    assert count == 10 and full_count == 24 and len(set(tokens.view.tolist())) > 1  # tokens from several frame pairs
+    assert torch.equal(
+        pruned.position_ids[0, start : start + count], full.position_ids[0, full_start + tokens.source()]
+    )

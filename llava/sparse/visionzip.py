@@ -18,8 +18,16 @@ LLaVA-NeXT (the official `restore_image_features_sorted`): every view gets D + C
 [CLS, dominant, contextual], then every crop's dominant patches in raster order of the whole crop grid, then the
 crops' [CLS] tokens, then the crops' contextual tokens, without unpadding or newline tokens, crops chosen by
 LLaVA's grid rule (its authors' 640/320/160 rows assume a fixed 2x2 grid: `--image-grid-pinpoints '[[672,672]]'`).
-Video-LLaVA: every frame as a view (each frame has its own [CLS]), frames in order. Qwen-VL has no [CLS] token and
-is refused: its VisionZip port is another algorithm (attention received at the last vision block, 2x2-grouped).
+Video-LLaVA: every frame as a view (each frame has its own [CLS]), frames in order.
+
+Qwen-VL has no [CLS] token; there the method is LightCompress's Qwen2.5-VL port (specs/methods.md section 3, which
+the spec says mirrors the newer official code), on each image's (or whole clip's) merged tokens after the merger:
+dominant = the top D by the attention each token receives at the tower's last full-attention block, the rest
+grouped by that block's head-mean keys (after the rotary embedding) as in step 2, each contextual token its
+target's LLM embedding plus the mean of its members'; tokens stay in place (a contextual token at its target's cell,
+so it keeps that cell's M-RoPE ids). Both signals are averaged over each merged token's 2 x 2 patches
+(`qwen_vl.run_with_attention_received`). The port's D and C are fractions of the image's tokens; here the budget
+splits as above (T = 40: 34 + 6).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import torch
 from llava.model.anyres import MERGED, MergeLayout
 from llava.sparse.budget import Budget
 from llava.sparse.engine import PruningMethod, Selection, patches_per_view
-from llava.sparse.registry import WITH_CLS, BudgetArgs, methods_that_apply, register
+from llava.sparse.registry import EVERY_FAMILY, QWEN_VL, BudgetArgs, family_of, methods_that_apply, register
 
 CONTEXTUAL_SHARE = (5, 32)  # C of a view's budget: 10 of 64, 20 of 128, 30 of 192 (the paper's splits)
 
@@ -86,22 +94,31 @@ def contextual_groups(
     """VisionZip's choice on views ([CLS] row [V, P], head-mean keys [V, 1 + P, d]): the dominant rows [V, dominant]
     (sorted, 0 = [CLS]), the other rows in raster order [V, R], which of those are targets [R] and the target each
     other one joins [V, R - contextual] (steps 1-2 of the module docstring)."""
-    views, tokens = keys.shape[:2]
     top = torch.topk(cls_attention, dominant - 1, dim=1).indices + 1
     dominant_rows = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1).sort(dim=1).values
+    return dominant_rows, *contextual_assignment(keys, dominant_rows, contextual)
+
+
+def contextual_assignment(
+    keys: torch.Tensor, dominant_rows: torch.Tensor, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 2 of the module docstring on views with keys [V, N, d] and their dominant rows [V, D]: the other rows in
+    raster order [V, R], which of those are targets [R] and the target each other one joins [V, R - contextual]."""
+    views, tokens = keys.shape[:2]
+    dominant = dominant_rows.shape[1]
     rest = torch.ones((views, tokens), dtype=torch.bool, device=keys.device)
     rest.scatter_(1, dominant_rows, False)
     rest_rows = torch.nonzero(rest)[:, 1].view(views, tokens - dominant)  # raster order
     remaining = rest_rows.shape[1]
     is_target = torch.zeros(remaining, dtype=torch.bool, device=keys.device)
     if contextual == 0:
-        return dominant_rows, rest_rows, is_target, rest_rows[:, :0]
+        return rest_rows, is_target, rest_rows[:, :0]
     metric = keys.gather(1, rest_rows[..., None].expand(-1, -1, keys.shape[-1]))
     metric = metric / metric.norm(dim=-1, keepdim=True)
     step = max(1, remaining // contextual)  # quirk: targets evenly spaced in the remaining list, not on the grid
     is_target[torch.arange(0, remaining, step, device=keys.device)[:contextual]] = True
     similarity = metric[:, ~is_target] @ metric[:, is_target].transpose(1, 2)  # [V, members, targets]
-    return dominant_rows, rest_rows, is_target, similarity.argmax(dim=2)  # the first target on ties
+    return rest_rows, is_target, similarity.argmax(dim=2)  # the first target on ties
 
 
 def contextual_states(
@@ -143,6 +160,7 @@ class VisionZip(PruningMethod):
     """VisionZip's dominant + contextual tokens per view, before the projector (module docstring)."""
 
     name = "visionzip"
+    needs_attention_received = True  # Qwen-VL's signals (LLaVA's come from tower_outputs)
     grid_rule = "llava"  # the official code runs on LLaVA's own anyres code
     merge_type = "spatial"  # no unpadding, no newline tokens (the official NeXT layout)
 
@@ -187,9 +205,12 @@ class VisionZip(PruningMethod):
         return f"{self.name} k={self.budget.describe()}{per_view}"
 
     def validate(self, model) -> None:
-        refuse_without_cls(
-            self.name, model, " VisionZip's Qwen2.5-VL port is another algorithm (attention received), not this one."
-        )
+        if family_of(model) == QWEN_VL:  # LightCompress's port, on each image's (clip's) merged tokens
+            self.view_tokens = None
+            if self.budget is not None and self.budget.tokens is not None and self.budget.tokens < 1:
+                raise ValueError(f"{self.name}: --retained-tokens must be at least 1")
+            return
+        refuse_without_cls(self.name, model)
         video = getattr(getattr(model, "model", None), "video_tower", None)
         self.view_tokens = video.num_patches + 1 if video is not None else patches_per_view(model)
         nominal = self.nominal or self.view_tokens
@@ -203,6 +224,8 @@ class VisionZip(PruningMethod):
         return features.to(pixels.dtype), signals
 
     def select_tokens(self, tokens: MergeLayout, features: torch.Tensor, signals) -> Selection | None:
+        if signals is None:  # Qwen-VL: merged tokens, no [CLS] (`select_projected`)
+            return None
         split = self.split(features.shape[1])
         if split is None:
             return None
@@ -235,6 +258,31 @@ class VisionZip(PruningMethod):
         selection = pieces.selection()
         self.record_flops(flops)
         return selection
+
+    def select_projected(self, tokens: MergeLayout, embeddings: torch.Tensor, signals) -> Selection | None:
+        """Qwen-VL (LightCompress's Qwen2.5-VL port; LLaVA's path is `select_tokens`): on the merged tokens of one
+        image or whole clip, dominant = the top D by attention received at the tower's last full-attention block, the
+        rest grouped by the head-mean keys there (step 2), each contextual token = its target's LLM embedding plus
+        the mean of its members'; the tokens stay in place, a contextual token at its target's (original M-RoPE
+        ids)."""
+        if not isinstance(signals, dict) or "received" not in signals:
+            return None
+        split = self.split(len(tokens))
+        if split is None:
+            return None
+        dominant, contextual = split
+        keys = signals["keys"].reshape(1, len(tokens), -1).to(embeddings.device)
+        received = signals["received"].reshape(1, len(tokens)).to(embeddings.device)
+        dominant_rows = torch.topk(received, dominant, dim=1).indices.sort(dim=1).values
+        rest_rows, is_target, assigned = contextual_assignment(keys, dominant_rows, contextual)
+        merged = contextual_states(embeddings[None], rest_rows, is_target, assigned)[0]
+        targets = rest_rows[0, is_target]
+        kept = torch.cat([dominant_rows[0], targets]).sort().values
+        rows = embeddings.clone()
+        rows[targets] = merged.to(rows.dtype)
+        members = len(tokens) - dominant - contextual
+        self.record_flops(2.0 * members * contextual * keys.shape[-1] + 2.0 * members * embeddings.shape[-1])
+        return Selection(tokens.select(kept.cpu()), rows[kept])
 
 
 class _Pieces:
@@ -297,8 +345,8 @@ def _add_args(group) -> None:
 @register(
     "visionzip",
     add_args=_add_args,
-    help="VisionZip: [CLS]-attended dominant + key-merged contextual tokens",
-    families=WITH_CLS,
+    help="VisionZip: [CLS]-attended dominant + key-merged contextual tokens (Qwen-VL: LightCompress's port)",
+    families=EVERY_FAMILY,
 )
 def _build(args, budget: BudgetArgs) -> VisionZip:
     dominant = getattr(args, "visionzip_dominant", None)
