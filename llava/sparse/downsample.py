@@ -18,10 +18,9 @@ refused too.
 from __future__ import annotations
 
 from llava.sparse.engine import PruningMethod
-from llava.sparse.registry import QWEN_VL, methods_that_apply, register
+from llava.sparse.registry import QWEN_VL, family_of, methods_that_apply, register
 
 DEFAULT_FACTOR = 2
-DYNAMIC_RESOLUTION = ("qwen2_vl", "qwen2_5_vl")
 
 
 class Downsample(PruningMethod):
@@ -35,7 +34,7 @@ class Downsample(PruningMethod):
         self.image_downsample = factor
 
     def validate(self, model) -> None:
-        if getattr(model.config, "model_type", None) not in DYNAMIC_RESOLUTION:
+        if family_of(model) != QWEN_VL:  # Qwen2-VL / Qwen2.5-VL: dynamic resolution
             raise ValueError(
                 "downsample applies to dynamic-resolution models (Qwen2-VL / Qwen2.5-VL): this model's processor "
                 "resizes every image back to its fixed grid, so a smaller image saves no tokens. Use --method pool "

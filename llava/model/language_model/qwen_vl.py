@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -197,8 +198,6 @@ def attention_received(attn, hidden: torch.Tensor, cu_seqlens: torch.Tensor, pos
     attention (each `cu_seqlens` segment, an image or frame pair, attends within itself), averaged over heads and
     over the segment's queries, and its keys (after the rotary embedding) averaged over heads; recomputed from the
     block's normed input and qkv projection, one [S, S] map at a time."""
-    import sys
-
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
     q, k, _ = attn.qkv(hidden).reshape(len(hidden), 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     q, k = rotate(q, k, *position_embeddings)  # [N, heads, head_dim]
